@@ -1,0 +1,10 @@
+"""fula_core: models, stitching objectives, attacks and a results store for the FuLA papers.
+
+    from fula_core import models, stitching
+    front, end = models.build("resnet18", 10), models.build("resnet18", 10)
+    jobs = [stitching.StitchJob(k, k, "fula") for k in range(9)]
+    outcomes = stitching.train_stitches(front, end, jobs, train_data)
+"""
+from . import attacks, config, data, metrics, models, stitching, store, train  # noqa: F401
+
+__all__ = ["attacks", "config", "data", "metrics", "models", "stitching", "store", "train"]

@@ -1,0 +1,114 @@
+"""The three profiles, in one place: every notebook reads its sizes from here.
+
+  smoke  seconds per run, for CI: the synthetic-free real pipeline on tiny slices of the offline data
+  quick  the CPU default: Fashion-MNIST same-task (seeds 0 and 1), digits -> Fashion-MNIST cross-task,
+         narrow ResNet18, shortened schedules, an eps suited to Fashion-MNIST
+  paper  the papers' setup: CIFAR-10 seeds 0/1 + LS-ImageNet-10, width 64, 200 + 30 epochs, 8/255 PGD-10,
+         AutoAttack 'rand', all three architectures
+
+Each field says why it has its value where it departs from the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .stitching import StitchConfig
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    end_dataset: str  # the stitching task: end models and stitch training data
+    cross_dataset: str  # the other task: cross-task front models
+    archs: tuple[str, ...]  # architectures with stitching plots (the first is the main one)
+    seeds: tuple[int, int]  # (end model seed, same-task front seed)
+    base: TrainConfig  # template for every base model (dataset/seed/arch filled in per model)
+    train_subset: dict[str, int | None]  # per data set: train the base model on this many images (None = all)
+    robust_alpha: float  # clean share of Madry AT for robust models (paper: 0.5)
+    robust_epochs: int
+    stitch: StitchConfig
+    stitch_train_subset: int | None  # images the stitches train on (None = the whole training set)
+    eval_subset: int | None  # test images for clean accuracy and agreement (None = whole test set)
+    robust_eval_subset: int  # test images attacked for robust accuracy
+    autoattack_iter: int  # APGD iterations (paper/AutoAttack: 100)
+    autoattack_eot: int  # EOT iterations: 20 in the 'rand' version; 1 is exact for deterministic eval-mode models
+    stitch_points: tuple[int, ...] = tuple(range(9))  # points of the stitching plots
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # stitch-training shares of adversarial inputs (§3.1)
+    iri_steps: int = 200  # IRI sign-gradient steps (paper 2)
+    iri_samples: int | None = None  # training images inverted per stitch point (None = all)
+    notes: tuple[str, ...] = field(default=())  # what this profile shortens, for the notebooks to print
+
+    def train_config(self, dataset: str, seed: int, *, robust: bool = False, arch: str | None = None,
+                     **overrides) -> TrainConfig:
+        """The TrainConfig of one base model of this profile."""
+        cfg = dataclasses.replace(self.base, dataset=dataset, seed=seed, arch=arch or self.archs[0],
+                                  train_subset=self.train_subset.get(dataset), **overrides)
+        if robust:
+            cfg = dataclasses.replace(cfg, adv_alpha=self.robust_alpha, epochs=self.robust_epochs)
+        return cfg
+
+
+_FMNIST_EPS = 0.1  # Fashion-MNIST's common L-inf budget (Madry et al. use 0.1 for MNIST-like data)
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", end_dataset="fashion_mnist", cross_dataset="digits", archs=("resnet18",), seeds=(0, 1),
+        base=TrainConfig(dataset="", width=4, epochs=1, batch_size=64, lr=0.05, pgd_eps=_FMNIST_EPS,
+                         pgd_step=_FMNIST_EPS / 2, pgd_steps=2),
+        train_subset={"fashion_mnist": 512, "digits": 512, "cifar10": 512, "ls_imagenet10": 512},
+        robust_alpha=0.5, robust_epochs=1,
+        stitch=StitchConfig(epochs=1, batch_size=64, lstsq_samples=32, pgd_eps=_FMNIST_EPS,
+                            pgd_step=_FMNIST_EPS / 2, pgd_steps=2),
+        stitch_train_subset=256, eval_subset=256, robust_eval_subset=64, autoattack_iter=5, autoattack_eot=1,
+        stitch_points=(0, 4, 8), alphas=(0.0, 1.0), iri_steps=10, iri_samples=128,
+        notes=("smoke: structure only; numbers are meaningless",),
+    ),
+    "quick": Profile(
+        name="quick", end_dataset="fashion_mnist", cross_dataset="digits", archs=("resnet18",), seeds=(0, 1),
+        # width 16: ~400 img/s training on 2 CPU cores; 4 epochs of 20k images reach ~90% on Fashion-MNIST
+        base=TrainConfig(dataset="", width=16, epochs=4, batch_size=128, lr=0.1, pgd_eps=_FMNIST_EPS,
+                         pgd_step=_FMNIST_EPS / 4, pgd_steps=5),
+        train_subset={"fashion_mnist": 20000, "digits": None},
+        robust_alpha=0.5, robust_epochs=4,
+        stitch=StitchConfig(epochs=2, batch_size=128, lstsq_samples=100, pgd_eps=_FMNIST_EPS,
+                            pgd_step=_FMNIST_EPS / 4, pgd_steps=5),
+        stitch_train_subset=5000, eval_subset=2000, robust_eval_subset=500, autoattack_iter=20, autoattack_eot=1,
+        stitch_points=(0, 2, 4, 6, 8), alphas=(0.0, 1.0), iri_steps=100, iri_samples=2000,
+        notes=("Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)",
+               "ResNet18 at width 16, 4 epochs on 20k images instead of width 64, 200 epochs",
+               "PGD eps 0.1 (Fashion-MNIST scale), 5 steps of eps/4 instead of 8/255, 10 steps of 2/255",
+               "stitches: 2 epochs on 5k images, 5 of the 9 stitch points, alpha in {0, 1}",
+               "AutoAttack: 20 APGD iterations, EOT 1 (exact for eval-mode models), on 500 test images"),
+    ),
+    "paper": Profile(
+        name="paper", end_dataset="cifar10", cross_dataset="ls_imagenet10",
+        archs=("resnet18", "resnet18_noskip", "resnet34"), seeds=(0, 1),
+        base=TrainConfig(dataset="", width=64, epochs=200),
+        train_subset={},
+        robust_alpha=0.5, robust_epochs=200,
+        stitch=StitchConfig(epochs=30, lstsq_samples=100),
+        stitch_train_subset=None, eval_subset=None, robust_eval_subset=1000, autoattack_iter=100,
+        autoattack_eot=20, iri_steps=200, iri_samples=None,
+        notes=("AutoAttack 'rand' (100 iterations, EOT 20) on 1000 test images per stitched model, not all 10000",),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile; a clear error for an unknown one."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but torch sees no CUDA GPU: use device='cpu' or 'auto'")
+    return torch.device(device)

@@ -1,0 +1,539 @@
+"""Data sets, augmentation and mini-batching.
+
+Every data set is read once into memory as uint8 tensors (`ImageSet`), so that shortcut markers
+(`shortcuts.py`) and identically represented inputs (IRIs) can be written into the images directly,
+and so that a whole set can live on the accelerator during training.
+
+Data sets (FuLA paper, Sec. 3 and App. A.1):
+
+* ``cifar10``        -- CIFAR-10, 3x32x32, the paper's main data set.
+* ``ls_imagenet10``  -- "LS-ImageNet-10": 10 ImageNet classes at 32x32. The paper sampled its 10 classes at
+                        random and does not name them; ours are fixed in ``ls_imagenet10_classes.txt``.
+* ``fashion_mnist``  -- Fashion-MNIST, 1x28x28; an offline end-model task (readable from a Debian package).
+* ``digits``         -- scikit-learn's 8x8 handwritten digits upsampled to 1x28x28; an offline, different
+                        task for the front model in cross-task stitching into a Fashion-MNIST end model.
+* ``synthetic``      -- a tiny generated set for unit tests.
+
+Augmentation follows the paper's recipe (random crop with zero padding + random horizontal flip), run
+batched on the device with per-sample random offsets drawn from a seeded generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import os
+import pathlib
+import pickle
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SPLITS = ("train", "test")
+
+DATASET_INFO: dict[str, dict] = {
+    # CIFAR-like 32px RGB: the paper's recipe, crop with 4-pixel padding + horizontal flips (App. A.1).
+    "cifar10": dict(in_channels=3, image_size=32, num_classes=10, flip=True, crop_padding=4),
+    "ls_imagenet10": dict(in_channels=3, image_size=32, num_classes=10, flip=True, crop_padding=4),
+    # 28px grey sets: padding scaled down to 2 pixels. Clothes are mirror-symmetric classes (a flipped
+    # shoe is still a shoe), so flips stay on; digits are not (a mirrored 2 or 7 is no longer a digit).
+    "fashion_mnist": dict(in_channels=1, image_size=28, num_classes=10, flip=True, crop_padding=2),
+    "digits": dict(in_channels=1, image_size=28, num_classes=10, flip=False, crop_padding=2),
+    # The synthetic label is "which quadrant is bright": a flip would change the class, so no flips.
+    "synthetic": dict(in_channels=3, image_size=16, num_classes=4, flip=False, crop_padding=2),
+}
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# Where the Debian package `dataset-fashion-mnist` installs the original idx.gz files.
+FASHION_MNIST_SYSTEM_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+LS_IMAGENET10_CLASS_FILE = pathlib.Path(__file__).with_name("ls_imagenet10_classes.txt")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set's files are not on disk and could not be fetched; the message says where we looked
+    and how to get them."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The in-memory data set
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)  # eq=False: compare by identity, element-wise tensor == has no truth value
+class ImageSet:
+    """A whole data set as tensors: images uint8 [N, C, H, W], labels int64 [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str  # "<data set>/<split>", with suffixes for derived sets, e.g. "cifar10/train+pixel"
+
+    def __post_init__(self):
+        # Catch shape and dtype mistakes where the set is made, not deep inside a training loop.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise TypeError(f"ImageSet {self.name!r}: images must be uint8 [N, C, H, W], "
+                            f"got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise TypeError(f"ImageSet {self.name!r}: labels must be int64 [N], "
+                            f"got {self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"ImageSet {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
+        if self.images.device != self.labels.device:
+            raise ValueError(f"ImageSet {self.name!r}: images on {self.images.device}, labels on {self.labels.device}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    def __repr__(self) -> str:
+        """A one-line summary instead of the tensors' contents."""
+        return (f"ImageSet({self.name!r}, images=uint8{list(self.images.shape)} on {self.images.device}, "
+                f"{self.num_classes} classes)")
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the task (the models' output size), whether or not all occur in this set."""
+        return len(self.classes)
+
+    @property
+    def base_name(self) -> str:
+        """The data set's name without split or suffixes, the key into DATASET_INFO."""
+        return self.name.split("/")[0]
+
+    def to(self, device) -> "ImageSet":
+        """The same set with its tensors on `device`."""
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def take(self, n: int, seed: int = 0) -> "ImageSet":
+        """A fixed random subset of `n` samples (kept in their original order); the whole set if n >= len."""
+        if n < 1:
+            raise ValueError(f"take(n={n}): n must be at least 1")
+        if n >= len(self):
+            return self
+        chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        chosen = chosen.to(self.labels.device)
+        return dataclasses.replace(self, images=self.images[chosen], labels=self.labels[chosen],
+                                   name=f"{self.name}[take={n},seed={seed}]")
+
+    def first_classes(self, k: int) -> "ImageSet":
+        """Only the samples of the first `k` classes (labels < k), for the class-subset testbed (paper
+        Fig. 9: "CIFAR-k" holds the classes with label index < k). All K class names are kept, because
+        the models still have K outputs; only samples are dropped."""
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"first_classes(k={k}): k must be between 1 and {self.num_classes} "
+                             f"(the number of classes of {self.name!r})")
+        keep = self.labels < k
+        return dataclasses.replace(self, images=self.images[keep], labels=self.labels[keep],
+                                   name=f"{self.name}[classes<{k}]")
+
+    def with_images(self, images: torch.Tensor) -> "ImageSet":
+        """The same labels and classes with new uint8 images of the same count (shortcut markers, IRIs)."""
+        if images.shape[0] != len(self):
+            raise ValueError(f"with_images: got {images.shape[0]} images for the {len(self)} labels of {self.name!r}")
+        return dataclasses.replace(self, images=images)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+def data_root() -> pathlib.Path:
+    """Where data sets live: $FULA_DATA_DIR if set, else `data/` in the repository (beside fula_core)."""
+    env = os.environ.get("FULA_DATA_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path(__file__).resolve().parent.parent / "data"
+
+
+def load(name: str, split: str, root=None, device="cpu") -> ImageSet:
+    """Read a whole split of a data set into memory.
+
+    name: one of DATASET_INFO ("cifar10", "ls_imagenet10", "fashion_mnist", "digits", "synthetic").
+    split: "train" or "test" (for LS-ImageNet-10 "test" is ImageNet's validation set).
+    root: the folder to read from (default `data_root()`); see each loader for the layout it expects.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(_LOADERS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(SPLITS)}")
+    root = pathlib.Path(root).expanduser() if root is not None else data_root()
+    images, labels, classes = _LOADERS[name](root, split)
+    data = ImageSet(images=images, labels=labels, classes=tuple(classes), name=f"{name}/{split}")
+    _check_against_info(data)
+    return data.to(device)
+
+
+def _check_against_info(data: ImageSet) -> None:
+    """Every loader must deliver what DATASET_INFO promises, since the models are built from it."""
+    info = DATASET_INFO[data.base_name]
+    expected = (info["in_channels"], info["image_size"], info["image_size"])
+    if tuple(data.images.shape[1:]) != expected or data.num_classes != info["num_classes"]:
+        raise ValueError(f"{data.name}: loaded images {tuple(data.images.shape[1:])} with {data.num_classes} "
+                         f"classes, expected {expected} with {info['num_classes']}")
+    if len(data) and int(data.labels.max()) >= data.num_classes:
+        raise ValueError(f"{data.name}: label {int(data.labels.max())} out of range for {data.num_classes} classes")
+
+
+# --- CIFAR-10 ----------------------------------------------------------------------------------------
+
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _load_cifar10(root: pathlib.Path, split: str):
+    """CIFAR-10 from `<root>/cifar-10-batches-py` (the python version of the data set, torchvision's layout).
+
+    When the files are missing, torchvision downloads (and md5-checks) them into `root`; the batches are then
+    read here in both cases, so a present copy is read the same way whether it was downloaded or copied in.
+    """
+    folder = root if root.name == _CIFAR_FOLDER else root / _CIFAR_FOLDER
+    wanted = _CIFAR_FILES[split] + ["batches.meta"]
+    if any(not (folder / f).is_file() for f in wanted):
+        try:
+            _download_cifar10(folder.parent)
+        except Exception as err:  # no network, proxy, disk full...: all end in the same advice
+            missing = [f for f in wanted if not (folder / f).is_file()]
+            raise DataNotFoundError(
+                f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}, and downloading it failed "
+                f"({type(err).__name__}: {err}). Get 'CIFAR-10 python version' (cifar-10-python.tar.gz, "
+                f"from the CIFAR-10 page or with torchvision.datasets.CIFAR10(root, download=True) on a machine "
+                f"with internet), unpack it so that {folder} holds data_batch_1..5, test_batch and batches.meta, "
+                f"or point FULA_DATA_DIR / root at the folder that contains {_CIFAR_FOLDER}.") from err
+    meta = _read_pickle(folder / "batches.meta")
+    images, labels = [], []
+    for f in _CIFAR_FILES[split]:
+        batch = _read_pickle(folder / f)
+        # Each row is one image stored channel-major: 1024 red, 1024 green, then 1024 blue values.
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return (torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+            tuple(meta["label_names"]))
+
+
+def _download_cifar10(root: pathlib.Path) -> None:
+    """Let torchvision fetch and verify CIFAR-10 into `root` (separate so tests can simulate no network)."""
+    import torchvision
+
+    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+
+
+def _read_pickle(path: pathlib.Path) -> dict:
+    """Unpickle a CIFAR / downsampled-ImageNet batch; these were written by Python 2, hence latin1."""
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as err:
+        raise DataNotFoundError(f"{path} exists but cannot be read as a pickled batch ({type(err).__name__}: "
+                                f"{err}); the file is probably truncated: delete it and fetch it again.") from err
+
+
+# --- Fashion-MNIST -------------------------------------------------------------------------------------
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _load_fashion_mnist(root: pathlib.Path, split: str):
+    """Fashion-MNIST from the original idx files, looked for in order in `<root>/FashionMNIST/raw`
+    (torchvision's layout), in FASHION_MNIST_SYSTEM_DIR (Debian package `dataset-fashion-mnist`), and
+    finally downloaded by torchvision into `<root>/FashionMNIST/raw`."""
+    folders = [root / "FashionMNIST" / "raw", FASHION_MNIST_SYSTEM_DIR]
+    for folder in folders:
+        found = _find_idx_pair(folder, split)
+        if found:
+            break
+    else:
+        try:
+            _download_fashion_mnist(root)
+        except Exception as err:
+            raise DataNotFoundError(
+                f"Fashion-MNIST not found: none of {', '.join(map(str, folders))} holds "
+                f"{' and '.join(_IDX_FILES[split])} (.gz or unpacked), and downloading it failed "
+                f"({type(err).__name__}: {err}). Install it with `apt-get install dataset-fashion-mnist`, "
+                f"or run torchvision.datasets.FashionMNIST('{root}', download=True) where there is internet, "
+                f"or copy the four idx files into {folders[0]}.") from err
+        found = _find_idx_pair(folders[0], split)
+        if not found:
+            raise DataNotFoundError(f"torchvision reported a download of Fashion-MNIST, but {folders[0]} still "
+                                    f"lacks {' and '.join(_IDX_FILES[split])}.")
+    images = _read_idx(found[0])
+    labels = _read_idx(found[1])
+    return (torch.from_numpy(images.astype(np.uint8)).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
+
+
+def _download_fashion_mnist(root: pathlib.Path) -> None:
+    """Let torchvision fetch Fashion-MNIST into `<root>/FashionMNIST/raw` (separate so tests can fake it)."""
+    import torchvision
+
+    torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+
+
+def _find_idx_pair(folder: pathlib.Path, split: str):
+    """Paths of the (images, labels) idx files of `split` in `folder`, gzipped or not; None if incomplete."""
+    found = []
+    for stem in _IDX_FILES[split]:
+        candidates = [folder / (stem + ".gz"), folder / stem]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return found
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+    """Read an idx file (the MNIST format): 2 zero bytes, a type code, the number of dimensions, then the
+    big-endian int32 sizes and the raw data. Only unsigned-byte data (type 0x08) occurs in (Fashion-)MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file (header {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path}: header promises {shape} = {math.prod(shape)} values, file holds {data.size}; "
+                         f"the file is probably truncated")
+    return data.reshape(shape)
+
+
+# --- scikit-learn digits ------------------------------------------------------------------------------
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+
+
+def _load_digits(root: pathlib.Path, split: str):
+    """scikit-learn's 1797 handwritten 8x8 digits (values 0..16, shipped with the package, so always
+    offline), scaled to 0..255 and upsampled to 28x28 with bilinear interpolation so that they have the
+    Fashion-MNIST geometry; a stratified 80/20 train/test split with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images).float().unsqueeze(1) * (255.0 / 16.0)
+    big = F.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
+    images = big.round().clamp(0, 255).to(torch.uint8)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION,
+                                           stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    idx = torch.from_numpy(np.sort(train_idx if split == "train" else test_idx))
+    return images[idx], labels[idx], tuple(str(d) for d in range(10))
+
+
+# --- LS-ImageNet-10 --------------------------------------------------------------------------------------
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_FOLDER_SPLIT = {"train": "train", "test": "val"}
+
+
+def ls_imagenet10_classes() -> list[tuple[str, int, str]]:
+    """The 10 LS-ImageNet-10 classes as (wnid, 1-based ILSVRC map_clsloc index, name), in label order."""
+    rows = []
+    for line in LS_IMAGENET10_CLASS_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            wnid, index, label = line.split()
+            rows.append((wnid, int(index), label))
+    return rows
+
+
+def _load_ls_imagenet10(root: pathlib.Path, split: str):
+    """Ten ImageNet classes at 32x32 RGB, from either of two layouts under the data set folder, which is
+    `root` itself or `root/ls_imagenet10`:
+
+    (a) image folders `train/<wnid>/*.{png,jpg,jpeg}` and `val/<wnid>/...` (any size; resized to 32x32);
+    (b) downsampled ImageNet ("Imagenet32", Chrabaszcz et al. 2017) batches `train_data_batch_1..10` and
+        `val_data`: pickled dicts (or .npz) with 'data' uint8 [N, 3*32*32] channel-major and 'labels'
+        1-based in the ILSVRC map_clsloc.txt order; only our 10 classes are kept.
+    Image folders win when both are present.
+    """
+    classes = ls_imagenet10_classes()
+    candidates = [root, root / "ls_imagenet10"]
+    for folder in candidates:
+        if (folder / _FOLDER_SPLIT[split]).is_dir():
+            return _read_image_folders(folder / _FOLDER_SPLIT[split], classes)
+        batch_files = _imagenet32_batch_files(folder, split)
+        if batch_files:
+            return _read_imagenet32_batches(batch_files, classes)
+    raise DataNotFoundError(
+        f"LS-ImageNet-10 ({split}) not found in {' or '.join(map(str, candidates))}. Provide either "
+        f"(a) image folders {_FOLDER_SPLIT[split]}/<wnid>/*.png|jpg|jpeg for the wnids "
+        f"{', '.join(w for w, _, _ in classes)} (for example copied from the ILSVRC-2012 train/val sets), or "
+        f"(b) the downsampled ImageNet 32x32 files ('Imagenet32_train' / 'Imagenet32_val' from image-net.org: "
+        f"train_data_batch_1..10 and val_data) unpacked into that folder. Set FULA_DATA_DIR or pass root "
+        f"to point at it; the class list is {LS_IMAGENET10_CLASS_FILE}.")
+
+
+def _read_image_folders(split_dir: pathlib.Path, classes):
+    """Layout (a): one folder per wnid; every image converted to RGB and resized to 32x32 if needed."""
+    from PIL import Image
+
+    images, labels = [], []
+    missing = [w for w, _, _ in classes if not (split_dir / w).is_dir()]
+    if missing:
+        raise DataNotFoundError(f"{split_dir} lacks the class folders {', '.join(missing)} "
+                                f"(LS-ImageNet-10 needs one folder per wnid in {LS_IMAGENET10_CLASS_FILE})")
+    for label, (wnid, _, _) in enumerate(classes):
+        files = sorted(p for p in (split_dir / wnid).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise DataNotFoundError(f"{split_dir / wnid} holds no .png/.jpg/.jpeg images")
+        for path in files:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (32, 32):
+                    # Box filtering averages every source pixel into the small image (no aliasing).
+                    img = img.resize((32, 32), Image.Resampling.BOX)
+                images.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+            labels.append(label)
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), [n for _, _, n in classes]
+
+
+def _imagenet32_batch_files(folder: pathlib.Path, split: str) -> list[pathlib.Path]:
+    """Layout (b) files of `split` in `folder` (pickles, or .npz as some copies ship them), train batches in
+    numeric order and one file per batch number; [] if there are none."""
+    if not folder.is_dir():
+        return []
+    if split == "test":
+        return [p for p in (folder / "val_data", folder / "val_data.npz") if p.is_file()][:1]
+    by_number = {}
+    for path in sorted(folder.iterdir()):  # "..._1" sorts before "..._1.npz": the pickle wins a tie
+        match = re.fullmatch(r"train_data_batch_(\d+)(\.npz)?", path.name)
+        if match and path.is_file():
+            by_number.setdefault(int(match.group(1)), path)
+    return [by_number[k] for k in sorted(by_number)]
+
+
+def _read_imagenet32_batches(files, classes):
+    """Layout (b): read each batch, keep our classes, relabel them 0..9 in class-file order."""
+    to_label = torch.full((1001,), -1, dtype=torch.int64)  # map_clsloc index (1..1000) -> our label
+    for label, (_, index, _) in enumerate(classes):
+        to_label[index] = label
+    images, labels = [], []
+    for path in files:
+        batch = dict(np.load(path)) if path.suffix == ".npz" else _read_pickle(path)
+        ours = to_label[torch.as_tensor(np.asarray(batch["labels"], dtype=np.int64))]
+        keep = ours >= 0
+        data = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8))[keep]
+        side = math.isqrt(data.shape[1] // 3)
+        images.append(data.reshape(-1, 3, side, side))
+        labels.append(ours[keep])
+    images = torch.cat(images)
+    if images.shape[-1] != 32:  # the Imagenet64/16 variants share the format; bring them to 32x32
+        images = F.interpolate(images.float(), size=(32, 32), mode="bilinear", antialias=True)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return images, torch.cat(labels), [n for _, _, n in classes]
+
+
+# --- synthetic ----------------------------------------------------------------------------------------
+
+SYNTHETIC_SIZES = {"train": 512, "test": 256}
+
+
+def _load_synthetic(root: pathlib.Path, split: str):
+    """A tiny learnable set for tests: 3x16x16 noise images where the class (0..3) is the quadrant that is
+    brightened (top-left, top-right, bottom-left, bottom-right). Generated from a fixed seed, no files."""
+    n = SYNTHETIC_SIZES[split]
+    gen = torch.Generator().manual_seed({"train": 0, "test": 1}[split])
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    images = torch.randint(0, 96, (n, 3, 16, 16), generator=gen)
+    rows, cols = torch.arange(16).view(16, 1), torch.arange(16).view(1, 16)
+    quadrant = (rows >= 8).long() * 2 + (cols >= 8).long()  # [16, 16] quadrant index of every pixel
+    bright = quadrant.unsqueeze(0) == labels.view(n, 1, 1)  # [n, 16, 16]
+    images = images + 128 * bright.unsqueeze(1)
+    return images.clamp(0, 255).to(torch.uint8), labels, ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+_LOADERS = {
+    "cifar10": _load_cifar10,
+    "ls_imagenet10": _load_ls_imagenet10,
+    "fashion_mnist": _load_fashion_mnist,
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Augmentation and batching
+# ---------------------------------------------------------------------------------------------------
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1] (the models' input range)."""
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {images_uint8.dtype}")
+    return images_uint8.float().div_(255.0)
+
+
+def augment(images_uint8: torch.Tensor, padding: int, flip: bool,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding `padding` plus (if `flip`) a random horizontal flip with probability
+    1/2, independently per sample; returns float images in [0, 1] on the images' device.
+
+    All samples are cropped in one gather: output pixel (i, j) of sample n is padded pixel
+    (dy_n + i, dx_n + j), with j mirrored for flipped samples. Random numbers come from `generator`
+    (on its own device, CPU by default) so a seed fixes the augmentation.
+    """
+    n, _, h, w = images_uint8.shape
+    device = images_uint8.device
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on).to(device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on).to(device)
+    flipped = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
+    if not flip:
+        flipped = torch.zeros_like(flipped)
+    padded = F.pad(images_uint8, (padding, padding, padding, padding))  # zeros around every image
+    cols = torch.arange(w, device=device)
+    cols = torch.where(flipped.view(n, 1), w - 1 - cols, cols)  # [n, w]
+    row_idx = (dy.view(n, 1) + torch.arange(h, device=device)).view(n, h, 1)
+    col_idx = (dx.view(n, 1) + cols).view(n, 1, w)
+    batch_idx = torch.arange(n, device=device).view(n, 1, 1)
+    # Advanced indices around a slice put their broadcast dims first: the result is [n, h, w, c].
+    out = padded[batch_idx, :, row_idx, col_idx]
+    return to_float(out.permute(0, 3, 1, 2).contiguous())
+
+
+def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+            augment_data: bool = False, drop_last: bool = False):
+    """Yield (x float [B, C, H, W] in [0, 1], y int64 [B]) over one epoch of `data`, on data's device.
+
+    shuffle: visit the samples in the order of torch.randperm(N, generator) (drawn on the generator's
+      device, CPU by default, then moved), so a seeded generator fixes the order.
+    augment_data: crop/flip as DATASET_INFO says for the set's base name, with offsets from `generator`.
+    drop_last: skip a final batch smaller than batch_size (keeps BatchNorm statistics well defined).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if augment_data and data.base_name not in DATASET_INFO:
+        raise ValueError(f"no augmentation settings for {data.name!r}: its base name {data.base_name!r} "
+                         f"is none of {', '.join(DATASET_INFO)}")
+    n = len(data)
+    device = data.labels.device
+    if shuffle:
+        draw_on = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=draw_on).to(device)
+    else:
+        order = torch.arange(n, device=device)
+    stop = n - n % batch_size if drop_last else n
+    info = DATASET_INFO.get(data.base_name, {})
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        images = data.images[idx]
+        if augment_data:
+            x = augment(images, info["crop_padding"], info["flip"], generator)
+        else:
+            x = to_float(images)
+        yield x, data.labels[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches per epoch (training drops the ragged last batch: a batch of one breaks BatchNorm)."""
+    if n < batch_size:
+        raise ValueError(f"only {n} training images for batch size {batch_size}: use a smaller batch or more data")
+    return n // batch_size

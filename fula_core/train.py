@@ -1,0 +1,145 @@
+"""Training the front and end models: clean SGD, or Madry PGD adversarial training with a clean share.
+
+Paper recipe (App. A.1): SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, LR x0.1 at
+each third, random crop (padding 4) and horizontal flip. Robust models: loss (1 - alpha) CE(clean) +
+alpha CE(PGD), alpha = 0.5, 10 PGD steps of 2/255 in an 8/255 L-inf ball (Eq. 4).
+
+Every trained model is cached in the ResultStore under a hash of its TrainConfig, and an interrupted
+training resumes from its last finished epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import attacks
+from .data import ImageSet, batches, load, steps_per_epoch
+from .models import MODELS_VERSION, StitchableResNet, build
+from .store import NO_CHECKPOINT, Checkpointer, CorruptCheckpointError, ResultStore, config_key
+
+TRAIN_VERSION = 1  # part of every cache key: bump when a change here alters trained weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained base model (its cache key is a hash of this)."""
+
+    dataset: str  # "cifar10", "ls_imagenet10", "fashion_mnist", "digits", "synthetic"
+    arch: str = "resnet18"
+    width: int = 64
+    seed: int = 0
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (1 / 3, 2 / 3)
+    lr_gamma: float = 0.1
+    augment: bool = True
+    train_subset: int | None = None  # train on a fixed random subset of this size (CPU profiles)
+    adv_alpha: float = 0.0  # share of the loss on PGD examples: 0 = clean model, 0.5 = the paper's robust models
+    pgd_eps: float = 8 / 255
+    pgd_step: float = 2 / 255
+    pgd_steps: int = 10
+    shortcut: str | None = None  # train with this shortcut marker pasted in (cross-bias front, paper 2)
+    code_version: tuple[int, int] = (MODELS_VERSION, TRAIN_VERSION)
+
+    @property
+    def robust(self) -> bool:
+        return self.adv_alpha > 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}_{self.seed}{' robust' if self.robust else ''} {self.arch} w{self.width}"
+
+
+def train_model(cfg: TrainConfig, train_data: ImageSet, device="cpu", *, checkpoint: Checkpointer = NO_CHECKPOINT,
+                progress: bool = True) -> StitchableResNet:
+    """Train a model from scratch (or from its checkpoint) following `cfg`; returns it in eval mode."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)  # weight init
+    c = train_data.images.shape[1]
+    model = build(cfg.arch, train_data.num_classes, in_channels=c, width=cfg.width).to(device)
+    if device != "cpu" and torch.device(device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    data = (train_data.take(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else train_data).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps = steps_per_epoch(len(data), cfg.batch_size)
+    milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+    start = 0
+    state = checkpoint.load()
+    if state is not None:
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        data_gen.set_state(state["data_gen"]), attack_gen.set_state(state["attack_gen"])
+        start = state["epoch"]
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+    bar = tqdm(desc=f"train {cfg.label}", total=cfg.epochs * steps, initial=start * steps, disable=not progress,
+               unit="batch")
+    for epoch in range(start, cfg.epochs):
+        loss_sum = torch.zeros((), device=device)
+        for x, y in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
+                                   drop_last=True):
+            if cfg.robust:
+                # craft in eval mode: the attack must not move the running statistics
+                model.eval()
+                x_adv = attacks.pgd_linf(model, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
+                                         steps=cfg.pgd_steps, generator=attack_gen)
+            model.train()
+            with amp:
+                loss = F.cross_entropy(model(x).float(), y) if cfg.adv_alpha < 1 else 0.0
+                if cfg.robust:
+                    loss = (1 - cfg.adv_alpha) * loss + cfg.adv_alpha * F.cross_entropy(model(x_adv).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach()
+            bar.update()
+        mean_loss = float(loss_sum) / steps
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training {cfg.label} diverged (loss {mean_loss}) in epoch {epoch + 1}: lower lr")
+        bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.3f}")
+        checkpoint.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "data_gen": data_gen.get_state(), "attack_gen": attack_gen.get_state(), "epoch": epoch + 1})
+    bar.close()
+    return model.eval()
+
+
+def training_data(cfg: TrainConfig, data_dir=None) -> ImageSet:
+    """The training set a TrainConfig names, with its shortcut pasted in when it has one."""
+    data = load(cfg.dataset, "train", root=data_dir)
+    if cfg.shortcut:
+        from .shortcuts import add_shortcut
+
+        data = add_shortcut(data, cfg.shortcut, seed=cfg.seed)
+    return data
+
+
+def get_model(store: ResultStore, cfg: TrainConfig, device="cpu", *, data: ImageSet | None = None,
+              data_dir=None, progress: bool = True) -> StitchableResNet:
+    """The trained model for `cfg`: loaded from the store, or trained (resumably) and stored."""
+    def compute(ckpt: Checkpointer):
+        train_data = data if data is not None else training_data(cfg, data_dir)
+        model = train_model(cfg, train_data, device, checkpoint=ckpt, progress=progress)
+        return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
+                "num_classes": model.num_classes, "in_channels": model.in_channels}
+
+    payload = store.get_or_compute("model", dataclasses.asdict(cfg), compute)
+    model = build(cfg.arch, payload["num_classes"], payload["in_channels"], cfg.width)
+    try:
+        model.load_state_dict(payload["state"])
+    except (RuntimeError, KeyError) as err:
+        path = store.path("model", config_key(dataclasses.asdict(cfg)))
+        raise CorruptCheckpointError(f"{path} holds weights that do not fit {cfg.label}: delete it and rerun ({err})") from err
+    return model.to(device).eval()
