@@ -338,7 +338,7 @@ def print_projection(proj: dict) -> None:
     print(f"  architecture mix factor (mean FLOPs of {', '.join(proj['grid']['archs'])} / ResNet18): {proj['arch_factor']:.2f}")
     for k, v in proj["rows_s"].items():
         print(f"    {k:<26s} {fmt_time(v):>10s}")
-    print(f"  TOTAL {fmt_time(proj['total_s'])}  ({proj['total_h']:.1f} h)")
+    print(f"  TOTAL {proj['total_h']:,.1f} h = {proj['total_h'] / 24:,.1f} days")
 
 
 @contextlib.contextmanager
@@ -357,3 +357,104 @@ def torch_threads(n: int | None):
 
 def images_per_s(images: float, seconds: float) -> float:
     return images / seconds if seconds > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------------------
+# Unit-cost probes for the projection (short measurements of fula_core's own code paths)
+
+
+class _AsModule(torch.nn.Module):
+    """Hide a model from torchattacks' mode switches (it calls .eval()/.train() on what it is given)."""
+
+    def __init__(self, fn, device):
+        super().__init__()
+        object.__setattr__(self, "_fn", fn)
+        self._marker = torch.nn.Parameter(torch.empty(0, device=device), requires_grad=False)
+
+    def forward(self, x):
+        return self._fn(x)
+
+
+def autocast_ctx(device: torch.device, bf16: bool):
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def apgd_cost_per_image_iter(model, x, y, device, n_iter: int, bf16: bool = False) -> float:
+    """Seconds per image per APGD iteration (EOT 1) of torchattacks' APGD-CE, which fula_core's AutoAttack
+    'rand' runs: attack_single_run attacks every given point (perturb would skip misclassified ones)."""
+    import torchattacks
+
+    wrapped = _AsModule(model, device)
+    apgd = torchattacks.APGD(wrapped, norm="Linf", eps=8 / 255, steps=n_iter, n_restarts=1, seed=0, loss="ce",
+                             eot_iter=1, rho=0.75, verbose=False)
+    with autocast_ctx(device, bf16):
+        apgd.attack_single_run(x[: max(2, len(x) // 4)], y[: max(2, len(x) // 4)])  # warm-up
+        t, _ = timed(lambda: apgd.attack_single_run(x, y), device)
+    return t / (len(x) * n_iter)
+
+
+def iri_cost_per_image_step(model, x, device, steps: int, bf16: bool = False) -> float:
+    """Seconds per image per IRI step, averaged over the 9 stitch points: a sign-gradient step on the input
+    that pulls f_{<=k}(x') towards a target activation (forward to point k + backward to the input)."""
+    from fula_core.models import NUM_STITCH_POINTS
+
+    model.eval()
+    total = 0.0
+    for k in range(NUM_STITCH_POINTS):
+        with torch.no_grad(), autocast_ctx(device, bf16):
+            target = model.activations_upto(x.flip(0), k).float()
+
+        def run(n):
+            xa = x.clone()
+            for _ in range(n):
+                xa.requires_grad_(True)
+                with autocast_ctx(device, bf16):
+                    loss = (model.activations_upto(xa, k).float() - target).pow(2).sum()
+                (g,) = torch.autograd.grad(loss, xa)
+                xa = (xa.detach() - (1 / 255) * g.sign()).clamp(0, 1)
+            return xa
+
+        run(1)  # warm-up
+        t, _ = timed(lambda: run(steps), device)
+        total += t / (len(x) * steps)
+    return total / NUM_STITCH_POINTS
+
+
+def base_run(side: str, cfg, data: ImageSet, device: torch.device, workers: int | None = None):
+    """One base-training run of `cfg` on `data`: side 'fula_core' (train_model) or 'reference'."""
+    if side == "fula_core":
+        from fula_core.train import train_model
+
+        return train_model(cfg, data, device, progress=False)
+    from reference import reference_train_model
+
+    return reference_train_model(cfg, data, device, workers)
+
+
+def scale_units_to_paper(units: dict, run_shape: dict) -> tuple[dict, str | None]:
+    """Per-unit costs measured at a smaller shape -> the paper's ResNet18 (width 64, 3x32x32, PGD-10).
+
+    FLOPs scale every unit (assumes the same FLOP efficiency: optimistic for a small model on a GPU,
+    roughly right on a CPU). The PGD part of an adversarial unit (its cost above the clean unit) is also
+    scaled by the ratio of attack passes: PGD-10 = 2 x 10 + 3 passes vs 2 x s + 3 for a PGD-s training step.
+    """
+    paper = forward_flops("resnet18", 64, 3, 32)
+    run = forward_flops("resnet18", run_shape["width"], run_shape["in_channels"], run_shape["image"])
+    r = paper / run
+    s = run_shape["pgd_steps"]
+    if r == 1.0 and s == 10:
+        return units, None
+    pgd = (2 * 10 + 3) / (2 * s + 3)
+    out = dict(units)
+    out["base_clean_per_image"] = r * units["base_clean_per_image"]
+    out["base_at_per_image"] = r * (units["base_clean_per_image"] + (units["base_at_per_image"] - units["base_clean_per_image"]) * pgd)
+    st = units["stitch_per_job_image"]
+    out["stitch_per_job_image"] = {a: r * (st[0.0] + (v - st[0.0]) * (pgd if a > 0 else 1.0)) for a, v in st.items()}
+    out["autoattack_per_1000"] = r * units["autoattack_per_1000"]
+    out["iri_per_1000_200"] = r * units["iri_per_1000_200"]
+    note = (f"measured at width {run_shape['width']}, {run_shape['in_channels']}x{run_shape['image']}^2, PGD-{s}; "
+            f"scaled x{r:.1f} by FLOPs and x{pgd:.2f} on the PGD share to width 64, 3x32^2, PGD-10")
+    out["note"] = note
+    return out, note

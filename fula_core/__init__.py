@@ -5,6 +5,6 @@
     jobs = [stitching.StitchJob(k, k, "fula") for k in range(9)]
     outcomes = stitching.train_stitches(front, end, jobs, train_data)
 """
-from . import attacks, config, data, metrics, models, stitching, store, train  # noqa: F401
+from . import attacks, config, data, invariance, metrics, models, simclr, stitching, store, toy, train  # noqa: F401
 
-__all__ = ["attacks", "config", "data", "metrics", "models", "stitching", "store", "train"]
+__all__ = ["attacks", "config", "data", "invariance", "metrics", "models", "simclr", "stitching", "store", "toy", "train"]

@@ -38,8 +38,18 @@ class Profile:
     autoattack_eot: int  # EOT iterations: 20 in the 'rand' version; 1 is exact for deterministic eval-mode models
     stitch_points: tuple[int, ...] = tuple(range(9))  # points of the stitching plots
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # stitch-training shares of adversarial inputs (§3.1)
+    objectives: tuple[str, ...] = ("slm", "tlm", "hint", "fula")  # trained objectives of the paper-1 figures
+    shortcut_kinds: tuple[str, ...] = ("pixel", "location", "pixel_location", "aruco", "aruco_location")  # §3.2
+    class_subset_ks: tuple[int, ...] = tuple(range(1, 11))  # Fig 9: stitch on the first k classes
+    cross_layer_points: tuple[int, ...] = tuple(range(9))  # Fig 10: front x end points of the heatmaps
     iri_steps: int = 200  # IRI sign-gradient steps (paper 2)
+    iri_step_size: float = 1 / 255  # per step on [0, 1] inputs (paper 2); fewer, larger steps on CPU profiles
     iri_samples: int | None = None  # training images inverted per stitch point (None = all)
+    iri_points: tuple[int, ...] = tuple(range(9))  # stitch points of the invariance-aware figures
+    iri_front_seeds: tuple[int, ...] = (1, 2, 3)  # paper 2: 3 front seeds paired with end seed 0
+    simclr_epochs: int = 500  # the self-supervised (cross-supervision) front of paper 2
+    simclr_train_subset: int | None = None
+    cross_bias_shortcut: str = "pixel"  # the cross-bias front trains with class-coloured patches at random places
     notes: tuple[str, ...] = field(default=())  # what this profile shortens, for the notebooks to print
 
     def train_config(self, dataset: str, seed: int, *, robust: bool = False, arch: str | None = None,
@@ -64,7 +74,8 @@ PROFILES: dict[str, Profile] = {
         stitch=StitchConfig(epochs=1, batch_size=64, lstsq_samples=32, pgd_eps=_FMNIST_EPS,
                             pgd_step=_FMNIST_EPS / 2, pgd_steps=2),
         stitch_train_subset=256, eval_subset=256, robust_eval_subset=64, autoattack_iter=5, autoattack_eot=1,
-        stitch_points=(0, 4, 8), alphas=(0.0, 1.0), iri_steps=10, iri_samples=128,
+        stitch_points=(0, 4, 8), alphas=(0.0, 1.0), shortcut_kinds=("pixel", "location"), class_subset_ks=(1, 10),
+        cross_layer_points=(0, 8), iri_steps=10, iri_step_size=8 / 255, iri_samples=128, iri_points=(2, 8), iri_front_seeds=(1,), simclr_epochs=1, simclr_train_subset=512,
         notes=("smoke: structure only; numbers are meaningless",),
     ),
     "quick": Profile(
@@ -77,12 +88,16 @@ PROFILES: dict[str, Profile] = {
         stitch=StitchConfig(epochs=2, batch_size=128, lstsq_samples=100, pgd_eps=_FMNIST_EPS,
                             pgd_step=_FMNIST_EPS / 4, pgd_steps=5),
         stitch_train_subset=5000, eval_subset=2000, robust_eval_subset=500, autoattack_iter=20, autoattack_eot=1,
-        stitch_points=(0, 2, 4, 6, 8), alphas=(0.0, 1.0), iri_steps=100, iri_samples=2000,
+        stitch_points=(0, 2, 4, 6, 8), alphas=(0.0, 1.0), shortcut_kinds=("pixel", "location", "pixel_location", "aruco"),
+        class_subset_ks=(1, 2, 5, 10), cross_layer_points=(0, 2, 4, 6, 8), iri_steps=50, iri_step_size=4 / 255, iri_samples=500,
+        iri_points=(1, 3, 5, 7), iri_front_seeds=(1,), simclr_epochs=5, simclr_train_subset=5000,
         notes=("Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)",
                "ResNet18 at width 16, 4 epochs on 20k images instead of width 64, 200 epochs",
                "PGD eps 0.1 (Fashion-MNIST scale), 5 steps of eps/4 instead of 8/255, 10 steps of 2/255",
                "stitches: 2 epochs on 5k images, 5 of the 9 stitch points, alpha in {0, 1}",
-               "AutoAttack: 20 APGD iterations, EOT 1 (exact for eval-mode models), on 500 test images"),
+               "AutoAttack: 20 APGD iterations, EOT 1 (exact for eval-mode models), on 500 test images",
+               "SimCLR front: 5 epochs on 5k images instead of 500 epochs on the full set",
+               "IRIs: 500 training images per stitch point, 50 sign steps of 4/255 instead of all images, 200 of 1/255"),
     ),
     "paper": Profile(
         name="paper", end_dataset="cifar10", cross_dataset="ls_imagenet10",

@@ -491,12 +491,16 @@ def augment(images_uint8: torch.Tensor, padding: int, flip: bool,
     padded = F.pad(images_uint8, (padding, padding, padding, padding))  # zeros around every image
     cols = torch.arange(w, device=device)
     cols = torch.where(flipped.view(n, 1), w - 1 - cols, cols)  # [n, w]
-    row_idx = (dy.view(n, 1) + torch.arange(h, device=device)).view(n, h, 1)
-    col_idx = (dx.view(n, 1) + cols).view(n, 1, w)
-    batch_idx = torch.arange(n, device=device).view(n, 1, 1)
-    # Advanced indices around a slice put their broadcast dims first: the result is [n, h, w, c].
-    out = padded[batch_idx, :, row_idx, col_idx]
-    return to_float(out.permute(0, 3, 1, 2).contiguous())
+    c = images_uint8.shape[1]
+    row_idx = (dy.view(n, 1) + torch.arange(h, device=device)).view(n, 1, h, 1)
+    col_idx = (dx.view(n, 1) + cols).view(n, 1, 1, w)
+    batch_idx = torch.arange(n, device=device).view(n, 1, 1, 1)
+    chan_idx = torch.arange(c, device=device).view(1, c, 1, 1)
+    # Index all four dims so the result is laid out [n, c, h, w] with standard strides. (Permuting an
+    # [n, h, w, 1] result gives a "contiguous" tensor with strides (hw, 1, w, 1), on which torch 2.14's
+    # CPU convolution backward corrupts memory.)
+    out = padded[batch_idx, chan_idx, row_idx, col_idx]
+    return to_float(out)
 
 
 def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

@@ -22,6 +22,7 @@ The method, in the order this module implements it:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -236,9 +237,23 @@ def iri_stitch_config(cfg: StitchConfig, bn_mode: str = "eval") -> StitchConfig:
     return dataclasses.replace(cfg, bn_mode=bn_mode, augment=False)
 
 
+@contextlib.contextmanager
+def _modes_kept(*roots: nn.Module):
+    """Restore every submodule's train/eval flag on exit. predict() hands a model back with .train(was),
+    which recurses into a StitchedModel's front and end; a fresh StitchedModel is in training mode, so
+    without this the frozen models would come back in training mode."""
+    saved = [(m, m.training) for root in roots for m in root.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
 def score_stitch(model: nn.Module, test: ImageSet, end_logits: torch.Tensor, num_classes: int) -> dict:
     """Accuracy, agreement probability with the end model and chance-normalised agreement on `test`."""
-    logits = predict(model, test)
+    with _modes_kept(model):
+        logits = predict(model, test)
     agreement = metrics.agreement_probability(logits, end_logits)
     return {"accuracy": metrics.accuracy(logits, test.labels), "agreement": agreement,
             "chance_normalised_agreement": metrics.chance_normalised_agreement(agreement, num_classes)}
@@ -329,7 +344,8 @@ def excess_agreement_eval(stitched: nn.Module, end: nn.Module, test: ImageSet, k
     scores = {}
     for name, shift in (("agreement_correct", 0), ("agreement_shifted", 1)):
         marked = add_shortcut(test, kind, seed=seed, shift=shift)
-        scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
+        with _modes_kept(stitched, end):
+            scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
     scores["excess_agreement"] = metrics.excess_agreement(scores["agreement_correct"], scores["agreement_shifted"])
     return scores
 

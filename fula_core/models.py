@@ -47,6 +47,18 @@ class BasicBlock(nn.Module):
         return F.relu(out)
 
 
+def _standard_layout(x: torch.Tensor) -> torch.Tensor:
+    """A copy with standard NCHW strides when x has odd ones (e.g. one channel permuted from NHWC, which
+    counts as contiguous): torch's CPU convolution backward corrupts memory on such strides. Channels-last
+    inputs pass through untouched."""
+    if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+        return x
+    n, c, h, w = x.shape
+    if x.stride() != (c * h * w, h * w, w, 1):
+        return x.clone(memory_format=torch.contiguous_format)
+    return x
+
+
 class Stem(nn.Module):
     """3x3 stride-1 conv + BN + ReLU, no max-pool: the CIFAR variant keeps 32x32 resolution."""
 
@@ -56,7 +68,7 @@ class Stem(nn.Module):
         self.bn = nn.BatchNorm2d(out_ch)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x * 2 - 1)))  # [0,1] -> [-1,1]
+        return F.relu(self.bn(self.conv(_standard_layout(x) * 2 - 1)))  # [0,1] -> [-1,1]
 
 
 class StitchableResNet(nn.Module):

@@ -68,6 +68,10 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
             print(f"[fula] FAILED: {nb.name}, cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                   f"[fula] the executed notebook with the traceback is {out_dir / nb.name}", file=sys.stderr)
             raise SystemExit(1) from None
+        except Exception as err:  # a dead kernel, a timeout...: still say which notebook
+            print(f"[fula] FAILED: {nb.name}: {type(err).__name__}: {err}\n"
+                  f"[fula] the partly executed notebook is {out_dir / nb.name}", file=sys.stderr)
+            raise SystemExit(1) from None
         print(f"[fula] {nb.name} done in {time.time() - started:.0f}s", flush=True)
 
 

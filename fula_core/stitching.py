@@ -286,6 +286,13 @@ class StitchedModel(nn.Module):
         self.front, self.end, self.stitch, self.job = front, end, stitch, job
         self.front_bn, self.end_bn = front_bn, end_bn
 
+    def train(self, mode: bool = True) -> "StitchedModel":
+        """Only the stitch follows: the frozen front and end keep their own modes (forward runs them in eval
+        mode anyway), so predict()'s model.train(was) never leaves them updating their statistics."""
+        self.training = mode
+        self.stitch.train(mode)
+        return self
+
     @contextlib.contextmanager
     def _job_bn(self):
         modes = [(m, m.training) for m in (self.front, self.end)]

@@ -187,6 +187,9 @@ def test_iri_runs_train_on_iris_with_eval_bn_and_real_init(model, sets, iris, tm
     assert calls[-1][0] is sets[0] and calls[-1][1] == cfg  # real data: the config as given
     assert real_rows[0]["data"] == "real" and set(real_rows[0]) == set(rows[0])
 
+    # evaluating stitched models leaves the frozen models in the mode they came in (eval)
+    assert not any(m.training for m in model.modules()) and not any(m.training for m in other.modules())
+
     n_calls = len(calls)
     cached = invariance.invariance_aware_stitching(other, model, [5], ["fula"], sets[0], iris, sets[1], cfg,
                                                    store=store, key="other->model", progress=False)
@@ -209,6 +212,12 @@ def test_excess_agreement_is_zero_when_markers_carry_no_class(model, sets):
     assert scores["agreement_correct"] < 99  # two different models: a non-trivial agreement...
     assert scores["excess_agreement"] == 0.0  # ...that shifting a class-free marker cannot change
 
+    # a fresh StitchedModel (in training mode) as the stitched model: the frozen models stay in eval mode
+    stitch = stitching.Stitch(16, 16, (4, 4))
+    stitched = stitching.StitchedModel(other, model, stitch, StitchJob(5, 5, "dm"))
+    invariance.excess_agreement_eval(stitched, model, sets[1], "random", seed=2)
+    assert not any(m.training for m in model.modules()) and not any(m.training for m in other.modules())
+
 
 def test_excess_agreement_matches_hand_computation(model, sets):
     other = _other_model()
@@ -225,7 +234,6 @@ def test_excess_agreement_matches_hand_computation(model, sets):
 
 def test_cka_per_point(model, sets, iris):
     test = sets[1]
-    print("TRAINING", model.training, [m.training for m in model.modules()][:5])
     same = invariance.cka_per_point(model, model, test, range(9), batch_size=64)
     assert list(same) == list(range(9)) and all(v == pytest.approx(1.0) for v in same.values())
 

@@ -49,3 +49,15 @@ def test_bad_input_errors():
         net.forward_from(torch.zeros(1, 4, 32, 32), 9)
     with pytest.raises(ValueError, match="num_classes"):
         models.build("resnet18", 1)
+
+
+def test_one_channel_input_with_odd_strides_trains():
+    # [n, h, w, 1] permuted to [n, 1, h, w] is "contiguous" with strides (hw, 1, w, 1); torch's CPU conv
+    # backward corrupts memory on it, so the model must re-lay it out (this test aborted the process before)
+    torch.manual_seed(0)
+    net = models.build("resnet18", 10, in_channels=1, width=4)
+    x = torch.rand(16, 28, 28, 1).permute(0, 3, 1, 2)
+    assert x.is_contiguous() and x.stride() == (784, 1, 28, 1)
+    for _ in range(3):
+        net(x).sum().backward()
+    assert torch.allclose(net.eval()(x), net(x.clone(memory_format=torch.contiguous_format)))

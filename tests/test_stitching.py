@@ -252,3 +252,15 @@ def test_evaluate_reports_accuracy_and_agreement(pair, synthetic):
     result = stitching.evaluate(end, test, end_logits)
     assert result["agreement"] == pytest.approx(100.0)
     assert 0 <= result["accuracy"] <= 100
+
+
+def test_evaluating_a_stitched_model_leaves_the_frozen_models_alone(pair, synthetic):
+    front, end = pair
+    front.eval(), end.eval()
+    model = stitching.StitchedModel(front, end, stitching.init_stitches(front, end, [StitchJob(2, 2, "dm")],
+                                                                        synthetic[0], CFG)[0], StitchJob(2, 2, "dm"))
+    before = stitching.get_bn_state(end)
+    stitching.evaluate(model, synthetic[1])
+    assert not front.training and not end.training  # predict()'s model.train(was) must not reach them
+    end(synthetic[1].images[:16].float() / 255)
+    assert all(torch.equal(a, b) for a, b in zip(before, stitching.get_bn_state(end)))

@@ -16,6 +16,7 @@ single-GPU CIFAR form):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -202,6 +203,10 @@ def pretrain_simclr(cfg: SimCLRConfig, data: ImageSet, device="cpu", *, checkpoi
     torch.manual_seed(cfg.seed)  # weight init of encoder and projector
     model = build(cfg.arch, data.num_classes, in_channels=data.images.shape[1], width=cfg.width).to(device)
     head = projector(model.fc.in_features, cfg.proj_hidden, cfg.proj_dim).to(device)
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:  # as in train.py: channels-last bf16 convolutions; the loss itself is computed in fp32
+        model = model.to(memory_format=torch.channels_last)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
     params = [p for name, p in model.named_parameters() if not name.startswith("fc.")] + list(head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = data.to(device)
@@ -225,7 +230,8 @@ def pretrain_simclr(cfg: SimCLRConfig, data: ImageSet, device="cpu", *, checkpoi
         loss_sum = torch.zeros((), device=device)
         for x, _ in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, drop_last=True):
             v1, v2 = simclr_views(x, view_gen, **view_args), simclr_views(x, view_gen, **view_args)
-            z = head(features(model, torch.cat([v1, v2])))  # both views in one pass: shared BN statistics
+            with amp:
+                z = head(features(model, torch.cat([v1, v2])))  # both views in one pass: shared BN statistics
             loss = nt_xent(z[: len(x)], z[len(x):], cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()

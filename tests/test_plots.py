@@ -1,0 +1,193 @@
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fula_core import models, plots, stitching  # noqa: E402
+from fula_core.data import ImageSet  # noqa: E402
+from fula_core.experiments import DataSpec, EvalSpec, Stitcher  # noqa: E402
+from fula_core.stitching import StitchConfig, StitchJob  # noqa: E402
+from fula_core.store import ResultStore  # noqa: E402
+from fula_core.train import TrainConfig  # noqa: E402
+
+POINTS = (0, 4, 8)
+OBJECTIVES = ("slm", "tlm", "hint", "fula")
+
+
+def fake_rows(points=POINTS, objectives=OBJECTIVES, evals=("test", "test/pgd"), **extra):
+    rows = []
+    for obj in objectives:
+        for p in points:
+            for e in evals:
+                for metric in ("accuracy", "agreement"):
+                    rows.append({"objective": obj, "front_point": p, "end_point": p, "alpha": extra.get("alpha", 0.0),
+                                 "job": f"{obj}[{p}->{p}]", "eval": e, "metric": metric,
+                                 "value": 50.0 + p + (0 if e == "test" else -30), "error": "", **extra})
+    return rows
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def objective_lines(ax):
+    return [l for l in ax.get_lines() if l.get_gid() not in ("baseline", "chance")]
+
+
+def test_stitching_plot_lines_points_and_baselines():
+    fig, ax = plt.subplots()
+    lines = plots.stitching_plot(ax, fake_rows(), baselines={"front": 90.0, "end": 95.0})
+    assert [l.get_label() for l in lines] == ["SLM", "TLM", "Hint", "FuLA"]
+    for line in lines:
+        xs, ys = line.get_data()
+        assert list(xs) == [0, 1, 5, 9, 10]  # front baseline, points 0/4/8 at layers 1/5/9, end baseline
+        assert ys[0] == 90.0 and ys[-1] == 95.0
+    assert len([l for l in ax.get_lines() if l.get_gid() == "baseline"]) == 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["front", "1", "5", "9", "end"]
+
+
+def test_stitching_plot_without_baselines_and_subset_of_objectives():
+    fig, ax = plt.subplots()
+    lines = plots.stitching_plot(ax, pd.DataFrame(fake_rows()), eval_name="test/pgd", objectives=("fula", "dm", "hint"))
+    assert [l.get_label() for l in lines] == ["FuLA", "Hint"]  # dm is not in the rows: skipped
+    assert all(list(l.get_xdata()) == [1, 5, 9] for l in lines)
+    assert np.allclose(lines[0].get_ydata(), [20, 24, 28])
+
+
+def test_stitching_plot_handles_nan_and_empty():
+    rows = fake_rows()
+    for r in rows:
+        if r["objective"] == "tlm" and r["front_point"] == 4:
+            r["value"] = float("nan")  # a failed job
+    fig, ax = plt.subplots()
+    lines = plots.stitching_plot(ax, rows, baselines={"front": float("nan"), "end": 80.0})
+    tlm = [l for l in lines if l.get_label() == "TLM"][0]
+    assert len(tlm.get_xdata()) == 4 and math.isnan(tlm.get_ydata()[1])  # no front end point (NaN baseline)
+    fig.canvas.draw()  # renders without error
+    assert plots.stitching_plot(ax, [], baselines=None) == []
+
+
+def test_stitching_grid_layout():
+    rows = []
+    pairs = [plots.pair_label(f, e) for f, e in plots.ROBUSTNESS_COMBOS]
+    for alpha in (0.0, 1.0):
+        for pair in pairs:
+            rows += fake_rows(alpha=alpha, pair=pair)
+    base = pd.DataFrame([{"pair": p, "role": role, "eval": e, "metric": "accuracy", "value": v}
+                         for p in pairs for role, v in (("front", 90.0), ("end", 92.0)) for e in ("test", "test/pgd")])
+    fig, axes = plots.stitching_grid(rows, base, row_key="alpha", col_key="pair", col_values=pairs,
+                                     eval_styles={"test": "-", "test/pgd": "--"}, objectives=OBJECTIVES,
+                                     row_label=lambda a: f"α={a:g}")
+    assert axes.shape == (2, 4)
+    for ax in axes.flat:
+        lines = objective_lines(ax)
+        assert len(lines) == 8  # 4 objectives x (clean, robust)
+        assert {l.get_linestyle() for l in lines} == {"-", "--"}
+        assert all(l.get_xdata()[0] == 0 and l.get_xdata()[-1] == 10 for l in lines)
+    assert axes[0, 2].get_title() == "non-robust → robust"  # (c) as in the paper's Fig. 5c
+    assert len(fig.legends) == 1
+
+
+def test_stitching_grid_callable_styles_and_missing_panel():
+    rows = fake_rows(evals=("test", "test/pixel"), task="cross", kind="pixel")
+    rows += fake_rows(evals=("test", "test/location"), task="cross", kind="location")
+    base = pd.DataFrame([{"task": "cross", "role": "front", "eval": "test", "metric": "accuracy", "value": 70.0}])
+    fig, axes = plots.stitching_grid(rows, base, row_key="task", col_key="kind", row_values=["cross", "same"],
+                                     col_values=["pixel", "location"],
+                                     eval_styles=lambda kind: {"test": "-", f"test/{kind}": "--"})
+    assert axes.shape == (2, 2)
+    assert len(objective_lines(axes[0, 0])) == 8 and len(objective_lines(axes[0, 1])) == 8
+    assert objective_lines(axes[1, 0]) == []  # no rows for "same": an empty panel, no crash
+    clean = [l for l in objective_lines(axes[0, 0]) if l.get_linestyle() == "-"][0]
+    assert clean.get_xdata()[0] == 0 and clean.get_xdata()[-1] == 9  # front baseline only
+
+
+def test_class_subset_grid():
+    rows = []
+    for task in ("cross", "same"):
+        for k in (1, 2, 10):
+            rows += fake_rows(evals=("test",), objectives=OBJECTIVES + ("dm",), task=task, k=k)
+    rows[0]["value"] = float("nan")
+    fig, axes = plots.class_subset_grid(rows, row_values=["cross", "same"], objectives=OBJECTIVES + ("dm",), chance=10)
+    assert axes.shape == (2, 4)  # 3 points + mean
+    for ax in axes.flat:
+        lines = objective_lines(ax)
+        assert len(lines) == 5 and all(list(l.get_xdata()) == [1, 2, 10] for l in lines)
+    assert axes[0, 3].get_title() == "mean over layers"
+
+
+def test_similarity_figure():
+    pairs = [plots.pair_label(f, e) for f, e in plots.ROBUSTNESS_COMBOS]
+    cka = pd.DataFrame([{"pair": p, "front_point": k, "value": 0.5} for p in pairs for k in POINTS])
+    func = pd.DataFrame(sum((fake_rows(objectives=("fula",), pair=p) for p in pairs), []))
+    fig = plots.similarity_figure(cka, func, pair_order=pairs, functional_styles={"test": "-", "test/pgd": "--"})
+    a, b = fig.axes[:2]
+    assert len(a.get_lines()) == 4 and len(b.get_lines()) == 8
+    assert list(a.get_lines()[0].get_xdata()) == [1, 5, 9]
+
+
+def test_marker_examples():
+    images = torch.zeros(20, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.arange(20) % 4
+    data = ImageSet(images, labels, ("a", "b", "c", "d"), "synthetic/test")
+    fig = plots.marker_examples({"clean": data, "pixel": data.with_images(images + 255)})
+    assert len(fig.axes) == 8
+    assert all(len(ax.get_images()) == 1 for ax in fig.axes)
+    assert fig.axes[0].get_title() == "a" and fig.axes[4].get_ylabel() == "pixel"
+
+
+def test_robustness_pairs_and_selection_helpers():
+    cfgs = {"e_0": "E", "e_0 robust": "ER", "f_1": "F", "f_1 robust": "FR"}
+    pairs = plots.robustness_pairs(cfgs, "f_1", "e_0")
+    assert [(f, e) for _, f, e in pairs] == [("F", "E"), ("FR", "E"), ("F", "ER"), ("FR", "ER")]
+    df = pd.DataFrame(fake_rows(pair="p"))
+    wide = plots.curves(df, eval_name="test", pair="p")
+    assert list(wide.columns) == sorted(OBJECTIVES) and list(wide.index) == list(POINTS)
+    assert plots.group_mean(df, ("slm", "tlm"), eval_name="test/pgd") == pytest.approx(20 + 4)
+    assert plots.share_at_least(wide["fula"], wide["hint"]) == (3, 3)
+    assert plots.fmt_curve(wide["fula"]) == "1:50.0 5:54.0 9:58.0"
+    assert plots.select(df, objective=["slm"], eval="test").shape[0] == 6
+    with pytest.raises(KeyError):
+        plots.select(df, nope=1)
+    assert plots.last_hint_weights(8) == (1.0,) and plots.last_hint_weights(5) == (0.0, 0.0, 0.0, 1.0)
+    assert plots.nan_safe_mean([1.0, float("nan"), 3.0]) == 2.0
+
+
+def test_stitched_activation_matches_forward():
+    torch.manual_seed(0)
+    front = models.build("resnet18", 4, in_channels=3, width=4).eval()
+    end = models.build("resnet18", 4, in_channels=3, width=4).eval()
+    x = torch.rand(6, 3, 16, 16)
+    data = ImageSet((x * 255).to(torch.uint8), torch.arange(6) % 4, tuple("abcd"), "synthetic/train")
+    job = StitchJob(3, 3, "dm")
+    (outcome,) = stitching.train_stitches(front, end, [job], data, StitchConfig(epochs=0, batch_size=4, lstsq_samples=6), progress=False)
+    h = outcome.model(front, end)
+    a3 = plots.stitched_activation(h, x, 3)
+    assert torch.allclose(a3, h.stitch(front.activations_upto(x, 3)))
+    a8 = plots.stitched_activation(h, x, 8)
+    assert torch.allclose(end.head(a8), h(x), atol=1e-5)  # the penultimate activation feeds the logits
+    with pytest.raises(IndexError):
+        plots.stitched_activation(h, x, 2)
+
+
+def test_adversarial_cka_cached(tmp_path):
+    store = ResultStore(tmp_path)
+    cfg = TrainConfig(dataset="synthetic", width=4, epochs=1, batch_size=64, lr=0.05, seed=0)
+    st = Stitcher(store, cfg, cfg, StitchConfig(epochs=0, batch_size=32, lstsq_samples=32), DataSpec("synthetic", "train", subset=64),
+                  "cpu", progress=False)
+    clean = EvalSpec(DataSpec("synthetic", "test", subset=32))
+    attacked = EvalSpec(DataSpec("synthetic", "test", subset=32), attack="pgd", eps=0.1, pgd_step=0.05, pgd_steps=2)
+    # self-stitching at the penultimate layer with the least-squares stitch is (nearly) the identity
+    assert plots.adversarial_cka(st, StitchJob(8, 8, "dm"), clean) == pytest.approx(1.0, abs=1e-3)
+    value = plots.adversarial_cka(st, StitchJob(4, 4, "dm"), attacked)
+    assert 0.0 <= value <= 1.0 + 1e-9
+    assert plots.adversarial_cka(st, StitchJob(4, 4, "dm"), attacked) == value  # from the cache
+    assert len(list((tmp_path / "adversarial_cka").glob("*.pt"))) == 2
