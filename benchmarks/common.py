@@ -458,3 +458,15 @@ def scale_units_to_paper(units: dict, run_shape: dict) -> tuple[dict, str | None
             f"scaled x{r:.1f} by FLOPs and x{pgd:.2f} on the PGD share to width 64, 3x32^2, PGD-10")
     out["note"] = note
     return out, note
+
+
+def allow_recompiles() -> None:
+    """For --compile: every BasicBlock shares one forward code object, so 8 blocks x (train, eval) x shapes
+    exceed dynamo's default recompile limit of 8 and most calls would silently fall back to eager."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name, value in (("recompile_limit", 64), ("cache_size_limit", 64),
+                        ("accumulated_recompile_limit", 1024), ("accumulated_cache_size_limit", 1024)):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), value))

@@ -23,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import os
-import sys
 import time
 
 import torch
@@ -50,7 +49,9 @@ def parse_args(argv=None):
                         "paper: CIFAR-shaped synthetic data, width 64, PGD-10 (default on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--epochs", type=int, help="stitch training epochs E (default: the size's, 1)")
-    p.add_argument("--n-images", type=int, help="training images N (default: cpu 512, paper 2560)")
+    p.add_argument("--n-images", type=int, help="training images N (default: cpu 384, paper 2560)")
+    p.add_argument("--adv-n-images", type=int,
+                   help="training images for alpha > 0 (default: cpu 256, paper 1280: time budget)")
     p.add_argument("--n-test", type=int, help="test images for the accuracy comparison (cpu 500, paper 1000)")
     p.add_argument("--width", type=int, help="ResNet18 width (default: cpu 8, paper 64)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -66,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--ref-workers", type=int, default=None, help="DataLoader workers of (a) (cpu 0, cuda 4)")
     p.add_argument("--compile", action="store_true", help="(b): torch.compile every residual unit (CUDA option)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy comparison")
+    p.add_argument("--no-noise-floor", action="store_true",
+                   help="skip the extra (b) run with another data seed that measures the run-to-run noise")
     p.add_argument("--project", action="store_true",
                    help="also project the `paper` grid wall time (default on CUDA; on CPU it is a rough, "
                         "FLOP-scaled CPU projection)")
@@ -96,6 +99,7 @@ def prepare_models(front, end, device, compile_units: bool):
         eng_front = eng_front.to(memory_format=torch.channels_last)
         eng_end = eng_end.to(memory_format=torch.channels_last)
     if compile_units:
+        common.allow_recompiles()
         for net in (eng_front, eng_end):
             for unit in net.units:
                 unit.compile()
@@ -106,11 +110,11 @@ def jobs_for(alpha: float, points, objectives) -> list[StitchJob]:
     return [StitchJob(k, k, obj, alpha) for k in points for obj in objectives]
 
 
-def compare_accuracies(jobs, ref_out, eng_out, eng_models, test) -> dict:
-    ref_acc, eng_acc = [], []
-    for job, (ref_model, _), outcome in zip(jobs, ref_out, eng_out):
-        ref_acc.append(evaluate(ref_model, test)["accuracy"])
-        eng_acc.append(evaluate(outcome.model(*eng_models), test)["accuracy"])
+def accuracies(stitched_models, test) -> list[float]:
+    return [evaluate(m, test)["accuracy"] for m in stitched_models]
+
+
+def compare_accuracies(jobs, ref_acc: list[float], eng_acc: list[float]) -> dict:
     diffs = [abs(a - b) for a, b in zip(ref_acc, eng_acc)]
     return {"jobs": [j.name for j in jobs], "reference_accuracy": ref_acc, "fula_core_accuracy": eng_acc,
             "max_abs_diff": max(diffs), "mean_abs_diff": sum(diffs) / len(diffs),
@@ -124,7 +128,8 @@ def main(argv=None) -> dict:
     size = SIZES[args.sizes or ("paper" if device.type == "cuda" else "cpu")]
     threads, why = choose_threads(args.threads, device)
     epochs = args.epochs or size.epochs
-    n_images = args.n_images or (512 if size.name == "cpu" else size.n_images)
+    n_images = args.n_images or (384 if size.name == "cpu" else size.n_images)
+    adv_n_images = args.adv_n_images or min(256 if size.name == "cpu" else 1280, n_images)
     n_test = args.n_test or (500 if size.name == "cpu" else size.n_test)
     width = args.width or size.width
     pgd_steps = args.pgd_steps or size.pgd_steps
@@ -140,44 +145,48 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     print(f"== stitching throughput: size {size.name} ({size.dataset}, ResNet18 width {width}), N={n_images}, "
           f"E={epochs}, batch {args.batch_size}, device {device}, {threads} thread(s) [{why}] ==")
-    train, test = common.train_test(size, n_images, n_test)
+    train, test = common.train_test(size, max(n_images, adv_n_images), n_test)
     front, end = common.base_pair(size, width, device)
     (ref_front, ref_end), eng_models = prepare_models(front, end, device, args.compile)
-    train_dev, test_dev = train.to(device), test.to(device)
+    test_dev = test.to(device)
     results = {"benchmark": "stitching_throughput", "size": dataclasses.asdict(size),
                "settings": {"epochs": epochs, "n_images": n_images, "n_test": n_test, "width": width,
-                            "batch_size": args.batch_size, "pgd_steps": pgd_steps, "repeats": args.repeats,
+                            "adv_n_images": adv_n_images, "batch_size": args.batch_size, "pgd_steps": pgd_steps, "repeats": args.repeats,
                             "threads": threads, "threads_reason": why, "ref_workers": workers,
                             "compile": args.compile, "points": points, "adv_points": adv_points,
                             "objectives": objectives},
                "environment": common.environment(device), "alphas": {}}
-    if size.name == "cpu" and tuple(adv_points) != tuple(range(9)) and any(a > 0 for a in alphas):
-        print(f"note: alpha > 0 uses stitch points {','.join(map(str, adv_points))} only (time budget); "
-              f"--adv-points all runs all 9")
+    if any(a > 0 for a in alphas) and (tuple(adv_points) != tuple(range(9)) or adv_n_images != n_images):
+        print(f"note: alpha > 0 uses stitch points {','.join(map(str, adv_points))} and N={adv_n_images} "
+              f"(time budget); --adv-points all --adv-n-images {n_images} runs the full alpha > 0 workload")
     if size.dataset != "synthetic-cifar":
         for name, net in (("front", front), ("end", end)):
             print(f"  {name} model test accuracy: {evaluate(net, test_dev)['accuracy']:.1f}%")
 
     for alpha in alphas:
         jobs = jobs_for(alpha, points if alpha == 0 else adv_points, objectives)
+        n = n_images if alpha == 0 else adv_n_images
+        data = train.take(n, seed=0) if len(train) > n else train
+        data_dev = data.to(device)
         cfg = StitchConfig(epochs=epochs, batch_size=args.batch_size, lstsq_samples=100, pgd_eps=size.pgd_eps,
                            pgd_step=size.pgd_step, pgd_steps=pgd_steps, seed=0)
         print(f"\n-- alpha={alpha:g}: {len(jobs)} jobs (points {','.join(map(str, sorted({j.front_point for j in jobs})))}"
-              f" x {','.join(objectives)}), {epochs} epoch(s) x {n_images} images"
+              f" x {','.join(objectives)}), {epochs} epoch(s) x {n} images"
               + (f", PGD-{pgd_steps} eps {size.pgd_eps:.4g}" if alpha > 0 else ""))
         # warm-up (kernel selection, allocator, compile): two jobs, one batch, not timed
-        warm_jobs = jobs_for(alpha, (points[0], points[-1]), ("fula",))
+        pts = sorted({j.front_point for j in jobs})
+        warm_jobs = jobs_for(alpha, sorted({pts[0], pts[-1]}), ("fula",))
         warm_cfg = dataclasses.replace(cfg, epochs=1)
         warm_data = train.take(args.batch_size, seed=1)
         reference_stitching(ref_front, ref_end, warm_jobs[:1], warm_data, warm_cfg, device, workers)
         train_stitches(*eng_models, warm_jobs, warm_data.to(device), warm_cfg, progress=False)
 
-        runs = {"reference": lambda: reference_stitching(ref_front, ref_end, jobs, train, cfg, device, workers),
-                "fula_core": lambda: train_stitches(*eng_models, jobs, train_dev, cfg, progress=False)}
+        runs = {"reference": lambda: reference_stitching(ref_front, ref_end, jobs, data, cfg, device, workers),
+                "fula_core": lambda: train_stitches(*eng_models, jobs, data_dev, cfg, progress=False)}
         times, first = interleaved(runs, args.repeats, device)
         summary = ratio_summary(times["reference"], times["fula_core"])
-        images = len(jobs) * epochs * n_images
-        summary.update(jobs=len(jobs), images=images,
+        images = len(jobs) * epochs * n
+        summary.update(jobs=len(jobs), n_images=n, images=images,
                        reference_images_per_s=images_per_s(images, summary["reference_median_s"]),
                        fula_core_images_per_s=images_per_s(images, summary["engine_median_s"]),
                        reference_s_per_job_image=summary["reference_median_s"] / images,
@@ -189,11 +198,23 @@ def main(argv=None) -> dict:
         print(f"  speed-up (a)/(b): {summary['speedup']:.2f}x  (per repeat {summary['speedup_min']:.2f}-"
               f"{summary['speedup_max']:.2f}x)")
         if not args.no_accuracy:
-            acc = compare_accuracies(jobs, first["reference"], first["fula_core"], eng_models, test_dev)
-            summary["accuracy"] = acc
+            eng_acc = accuracies([o.model(*eng_models) for o in first["fula_core"]], test_dev)
+            acc = compare_accuracies(jobs, accuracies([m for m, _ in first["reference"]], test_dev), eng_acc)
             print(f"  final test accuracy on {n_test} images: mean (a) {acc['mean_reference']:.2f}%, "
                   f"(b) {acc['mean_fula_core']:.2f}%; max |a-b| {acc['max_abs_diff']:.2f} points "
                   f"({acc['worst_job']}), mean |a-b| {acc['mean_abs_diff']:.2f}")
+            if not args.no_noise_floor:
+                # run-to-run noise: (b) again with another data order / augmentation / PGD seed, same init images
+                other = train_stitches(*eng_models, jobs, data_dev, dataclasses.replace(cfg, seed=1),
+                                       init_data=data_dev.take(cfg.lstsq_samples, seed=cfg.seed), progress=False)
+                floor = compare_accuracies(jobs, accuracies([o.model(*eng_models) for o in other], test_dev), eng_acc)
+                acc["noise_floor_max_abs_diff"] = floor["max_abs_diff"]
+                acc["noise_floor_mean_abs_diff"] = floor["mean_abs_diff"]
+                acc["within_noise"] = acc["max_abs_diff"] <= max(1.0, floor["max_abs_diff"])
+                print(f"  noise floor, (b) vs (b) with data seed 1: max |b-b'| {floor['max_abs_diff']:.2f} points, "
+                      f"mean {floor['mean_abs_diff']:.2f}  => (a) vs (b) "
+                      f"{'within' if acc['within_noise'] else 'OUTSIDE'} noise (max(1 point, noise floor))")
+            summary["accuracy"] = acc
         results["alphas"][f"{alpha:g}"] = summary
 
     if len(results["alphas"]) > 1:
@@ -212,7 +233,7 @@ def main(argv=None) -> dict:
         if not {0.0, 1.0} <= set(float(a) for a in results["alphas"]):
             print("\n(projection skipped: it needs measured stitch costs for alpha 0 and alpha 1)")
         else:
-            results["projection"] = run_projection(results, size, width, pgd_steps, device, train, end, workers)
+            results["projection"] = run_projection(results, size, width, pgd_steps, device, train, eng_models[1], workers)
     results["wall_s"] = time.perf_counter() - started
     print(f"\nbenchmark wall time {fmt_time(results['wall_s'])}")
     common.write_json(args.json, results)

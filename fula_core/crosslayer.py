@@ -102,7 +102,7 @@ def n_terms(job: StitchJob) -> int:
     return max(t + 1 for t, w in enumerate(job.fula_weights) if w > 0)
 
 
-def plan(P: Profile, objectives: Sequence[str], *, sweep_on: str = "self",
+def plan(P: Profile, objectives: Sequence[str], *, sweep_on: str | None = "self",
          pairs: Sequence[str] = PAIR_KINDS) -> dict[str, list[StitchJob]]:
     """Pair kind -> its whole job list (grid, plus the sweep on `sweep_on`), duplicates removed."""
     grid = grid_jobs(P.cross_layer_points, objectives)
@@ -158,6 +158,16 @@ def run(store, P: Profile, device, jobs_by_pair: dict[str, list[StitchJob]], *, 
                          **r, "n_terms": n_terms(job) if job.objective == "fula" else None,
                          "sweep": job.fula_weights is not None})
     return pd.DataFrame(rows)
+
+
+def run_profile(store, P: Profile, device, objectives: Sequence[str], *, data_dir=None, progress: bool = True):
+    """The whole notebook grid: every pair kind for every architecture of the profile, the FuLA sweep on the
+    self pair of the main architecture only (Fig. 11 shows that one). One DataFrame, as `run` returns."""
+    import pandas as pd
+
+    frames = [run(store, P, device, plan(P, objectives, sweep_on="self" if arch == P.archs[0] else None),
+                  arch=arch, data_dir=data_dir, progress=progress) for arch in P.archs]
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,12 +226,12 @@ def plot_heatmaps(df, points: Sequence[int], objectives: Sequence[str], pairs: S
     import matplotlib.pyplot as plt
 
     n_r, n_c = len(pairs), len(objectives)
-    cell = 0.32 * len(points) + 1.1
+    cell = max(2.2, 0.36 * len(points) + 1.0)
     fig, axes = plt.subplots(n_r, n_c, figsize=(cell * n_c + 1.0, cell * n_r + 0.6), squeeze=False,
                              constrained_layout=True)
     ids = {r.pair: (r.front_model, r.end_model) for r in df[["pair", "front_model", "end_model"]].drop_duplicates().itertuples()}
     image = None
-    font = max(4.5, 9 - 0.5 * len(points))
+    font = max(5.5, 10 - 0.5 * len(points))
     for r, pair in enumerate(pairs):
         for c, obj in enumerate(objectives):
             ax = axes[r, c]
@@ -235,7 +245,7 @@ def plot_heatmaps(df, points: Sequence[int], objectives: Sequence[str], pairs: S
             ax.set_xticks(range(len(points)), [str(p) for p in points])
             ax.set_yticks(range(len(points)), [str(p) for p in points])
             sa, sa_avg = self_accuracy(m), self_accuracy(symmetrize(m))
-            ax.set_title(f"{OBJECTIVE_LABELS.get(obj, obj)}: Self-Acc {_pct(sa)} ({_pct(sa_avg)})", fontsize=9)
+            ax.set_title(f"{OBJECTIVE_LABELS.get(obj, obj)}\nSelf-Acc {_pct(sa)} ({_pct(sa_avg)})", fontsize=9)
             if c == 0:
                 front, end = ids.get(pair, ("?", "?"))
                 who = front if pair == "self" else f"{front} → {end}"
@@ -292,11 +302,14 @@ def plot_sweep(table, *, end_accuracy: float | None = None, title: str | None = 
     (deep -> shallow solid, shallow -> deep dashed)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.2, 3.8), constrained_layout=True)
-    for n, ((i, j), g) in enumerate(table.groupby(["front_point", "end_point"], sort=False)):
+    fig, ax = plt.subplots(figsize=(7.6, 3.8), constrained_layout=True)
+    spans: dict[tuple[int, int], int] = {}  # a pair and its reverse share a colour
+    for (i, j), g in table.groupby(["front_point", "end_point"], sort=False):
         g = g.sort_values("n_terms")
         deep = i > j
-        ax.plot(g.deepest_point, g.accuracy, marker="o", linestyle="-" if deep else "--", color=f"C{n}",
+        colour = spans.setdefault((min(i, j), max(i, j)), len(spans))
+        ax.plot(g.deepest_point, g.accuracy, marker="o" if deep else "s", mfc=f"C{colour}" if deep else "white",
+                linestyle="-" if deep else "--", color=f"C{colour}",
                 label=f"[{i}→{j}] {'deep→shallow' if deep else 'shallow→deep'}")
     if end_accuracy is not None:
         ax.axhline(end_accuracy, color="grey", linestyle=":", label="end model")
@@ -304,7 +317,7 @@ def plot_sweep(table, *, end_accuracy: float | None = None, title: str | None = 
     ax.set_ylabel("stitched clean accuracy (%)")
     ax.set_xticks(range(NUM_STITCH_POINTS))
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -317,3 +330,66 @@ def figure_names(P: Profile, arch: str) -> list[str]:
     if len(P.archs) > 1 and arch in APPENDIX_FIGURES:
         names.append(APPENDIX_FIGURES[arch])
     return names
+
+
+# ----------------------------------------------------------------------------------------------------
+# The claims of §3.3 / App. B.4: each returns (holds, the numbers behind it)
+
+
+def averaging_helps(table, pairs: Sequence[str] = ("self",)) -> tuple[bool, str]:
+    """Averaged (non-directional) Self-Accuracy >= directional for every objective of `pairs`
+    (a row of self_accuracy_table each)."""
+    sel = table[table.pair.isin(list(pairs))]
+    holds = bool(len(sel)) and bool((sel.self_accuracy_averaged >= sel.self_accuracy).all())
+    detail = "; ".join(f"{r.pair}/{OBJECTIVE_LABELS.get(r.objective, r.objective)}: {_pct(r.self_accuracy)} -> "
+                       f"{_pct(r.self_accuracy_averaged)}" for r in sel.itertuples())
+    return holds, detail
+
+
+def is_directional(table, objective: str = "fula") -> tuple[bool, str]:
+    """Deep -> shallow beats shallow -> deep in most layer pairs (pooled over the pair kinds of `table`),
+    with a positive mean difference."""
+    sel = table[table.objective == objective]
+    pairs, wins = int(sel.layer_pairs.sum()), int(sel.deep_to_shallow_wins.sum())
+    weighted = float((sel.deep_minus_shallow * sel.layer_pairs).sum() / pairs) if pairs else float("nan")
+    holds = pairs > 0 and wins > pairs / 2 and weighted > 0
+    detail = (f"{OBJECTIVE_LABELS.get(objective, objective)}: M[i,j] > M[j,i] (i deeper) in {wins} of {pairs} "
+              f"layer pairs, mean difference {weighted:+.1f} points; "
+              + "; ".join(f"{r.pair}: {r.deep_to_shallow_wins}/{r.layer_pairs}, {r.deep_minus_shallow:+.1f}"
+                          for r in sel.itertuples()))
+    return holds, detail
+
+
+def _seq_text(seqs) -> str:
+    return "; ".join(f"[{i}->{j}] " + " -> ".join(f"{v:.1f}" for v in s) for (i, j), s in seqs.items())
+
+
+def sweep_rises(sweep, tolerance: float = SMOOTH_TOLERANCE) -> tuple[bool, str]:
+    """Every deep -> shallow sweep (more than one term) rises smoothly as deeper hints are switched on."""
+    seqs = sweep_sequences(sweep)
+    deep = {p: s for p, s in seqs.items() if p[0] > p[1] and len(s) > 1}
+    holds = bool(deep) and all(rises_smoothly(s, tolerance) for s in deep.values())
+    return holds, f"accuracy by number of hint terms (smooth = no drop > {tolerance:g} points): {_seq_text(seqs)}"
+
+
+def sweep_directional(sweep) -> tuple[bool, str]:
+    """With every hint switched on, each deep -> shallow sweep pair ends above its shallow -> deep reverse."""
+    seqs = sweep_sequences(sweep)
+    both = [(i, j) for (i, j) in seqs if i > j and (j, i) in seqs]
+    holds = bool(both) and all(seqs[i, j][-1] > seqs[j, i][-1] for i, j in both)
+    detail = "; ".join(f"[{i}->{j}] {seqs[i, j][-1]:.1f} vs [{j}->{i}] {seqs[j, i][-1]:.1f}" for i, j in both)
+    return holds, detail
+
+
+def end_accuracy(store, P: Profile, device, *, arch: str | None = None, configs: dict | None = None,
+                 data_dir=None) -> float:
+    """Clean accuracy of the end model on the heatmaps' test subset (cached like every baseline)."""
+    from .experiments import baseline_rows
+    from .train import get_model
+    from .zoo import zoo_configs
+
+    configs = configs if configs is not None else zoo_configs(P, arch)
+    cfg = configs[pair_ids(P)["self"][1]]
+    model = get_model(store, cfg, device, data_dir=data_dir)
+    rows = baseline_rows(store, model, cfg, model, "end", [eval_spec(P, cfg.dataset)], device, data_dir)
+    return next(r["value"] for r in rows if r["metric"] == "accuracy")

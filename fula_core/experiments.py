@@ -87,14 +87,17 @@ def _attack_inputs(model, data: ImageSet, spec: EvalSpec) -> torch.Tensor:
     return torch.cat(out)
 
 
-def score(model, end: StitchableResNet, data: ImageSet, spec: EvalSpec) -> dict[str, float]:
+def score(model, end: StitchableResNet, data: ImageSet, spec: EvalSpec,
+          end_logits: torch.Tensor | None = None) -> dict[str, float]:
     """Accuracy of `model` on `data` (attacked against `model` itself if the spec says so) and its
-    agreement with the end model on the same inputs."""
+    agreement with the end model on the same inputs. `end_logits`: the end model's logits on the clean
+    `data`, when the caller has them already (clean specs only: attacked inputs differ per model)."""
     model.eval()
     x = _attack_inputs(model, data, spec)
     with torch.no_grad():
         logits = torch.cat([model(xb) for xb in x.split(500)]).float()
-        end_logits = torch.cat([end(xb) for xb in x.split(500)]).float()
+        if end_logits is None or spec.attack is not None:
+            end_logits = torch.cat([end(xb) for xb in x.split(500)]).float()
     return {"accuracy": metrics.accuracy(logits, data.labels),
             "agreement": metrics.agreement_probability(logits, end_logits)}
 
@@ -141,7 +144,7 @@ class Stitcher:
 
     def evaluate(self, jobs: list[StitchJob], specs: list[EvalSpec], train_data: ImageSet | None = None) -> list[dict]:
         """Tidy rows: one per job x eval spec x metric (accuracy, agreement), cached per job and spec."""
-        rows, outs, cache = [], None, {}
+        rows, outs, cache, end_cache = [], None, {}, {}
         for job in jobs:
             for spec in specs:
                 key = {"stitch": self._key(job), "eval": spec}
@@ -155,7 +158,9 @@ class Stitcher:
                     if o.error:
                         scores = {"accuracy": float("nan"), "agreement": float("nan")}
                     else:
-                        scores = score(model, self.end, cache[spec.data], spec)
+                        if spec.attack is None and spec.data not in end_cache:  # one end pass serves every job
+                            end_cache[spec.data] = predict(self.end, cache[spec.data])
+                        scores = score(model, self.end, cache[spec.data], spec, end_cache.get(spec.data))
                     self.store.save("stitch_eval", key, {**scores, "error": o.error or ""})
                 s = self.store.load("stitch_eval", key)
                 for metric in ("accuracy", "agreement"):

@@ -51,6 +51,7 @@ class Explorer:
         first = next(iter(self.configs.values()))
         self.point_names = build(first.arch, 2, 1, width=1).stitch_points
         self._stitchers: dict[tuple[str, str], Stitcher] = {}
+        self.controls: dict = {}  # the widgets of the last .widget() box, by name
 
     # ------------------------------------------------------------------------------------------------
     # the pure part: what the widgets and the tests call
@@ -127,7 +128,9 @@ class Explorer:
     def widget(self, front_id: str | None = None, end_id: str | None = None, i: int = 4, j: int = 4,
                objective: str = "fula"):
         """An ipywidgets box: dropdowns for the models, points and objective, the cached result, and a button
-        that trains a missing stitch (progress bar in the box). Nothing trains until the button is pressed."""
+        that trains a missing stitch (progress bar in the box). Nothing trains until the button is pressed.
+        The widgets are also kept in `self.controls` (front, end, front_point, end_point, objective, train,
+        result, log) for scripting and tests."""
         import ipywidgets as W
 
         ids = self.model_ids
@@ -172,6 +175,8 @@ class Explorer:
         for w in (front, end, fp, ep, obj):
             w.observe(refresh, names="value")
         button.on_click(train)
+        self.controls = {"front": front, "end": end, "front_point": fp, "end_point": ep, "objective": obj,
+                         "train": button, "result": shown, "log": log}
         refresh()
         return W.VBox([W.HBox([front, end, obj]), W.HBox([fp, ep, button]), shown, log])
 

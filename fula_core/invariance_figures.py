@@ -20,7 +20,7 @@ import torch
 from . import attacks, invariance, metrics
 from .data import ImageSet
 from .stitching import StitchConfig
-from .store import ResultStore
+from .store import ResultStore, config_key
 
 DATA_LABELS = {"real": "real data", "iri": "IRIs"}
 DATA_STYLES = {"real": "-", "iri": "--", None: "-"}
@@ -46,6 +46,7 @@ class IRIBank:
         self.progress = progress
         self._sets: dict[tuple[str, str, int], invariance.IRIs] = {}
         self._users: dict[tuple[str, str, int], list[str]] = {}
+        self._configs: dict[tuple[str, str, int], str] = {}
 
     def sources(self, data: ImageSet) -> ImageSet:
         """The real images that get inverted (the subset iri_set takes): the real-data stitches train on
@@ -58,6 +59,9 @@ class IRIBank:
         out = {}
         for point in points:
             key = (front_name, data.name, point)
+            if key in self._configs and self._configs[key] != config_key(front_cfg):
+                raise ValueError(f"two different front models are both named {front_name!r}: name them apart")
+            self._configs[key] = config_key(front_cfg)
             if key not in self._sets:
                 self._sets[key] = invariance.iri_set(self.store, front_cfg, model, point, data, steps=self.steps,
                                                      step_size=self.step_size, samples=self.samples, seed=self.seed,
@@ -197,6 +201,11 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "point", rows: str
     styles = [None] if style is None else _ordered(df, style, ["real", "iri"] if style == "data" else None)
     fig, axes = plt.subplots(len(row_values), len(panels), figsize=(3.3 * len(panels), 2.9 * len(row_values)),
                              squeeze=False, sharex=True, sharey="row")
+    xs = sorted(df[x].unique())
+    series = [(h, s) for h in hues for s in styles]
+    # a single stitch point: spread the series side by side so that equal values do not hide each other
+    dodge = {key: (n - (len(series) - 1) / 2) * 0.6 / max(len(series), 1) for n, key in enumerate(series)} \
+        if len(xs) == 1 else {key: 0.0 for key in series}
     handles = {}
     for i, row_value in enumerate(row_values):
         for j, panel_value in enumerate(panels):
@@ -212,11 +221,15 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "point", rows: str
                         continue
                     agg = d.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
                     label = str(h) if s is None else f"{h} · {DATA_LABELS.get(s, s)}"
-                    (line,) = ax.plot(agg.index, agg["mean"], ls=DATA_STYLES.get(s, "-"), marker="o", ms=3.5,
-                                      color=_colour(h, hues), label=label)
+                    at = agg.index + dodge[h, s]
+                    (line,) = ax.plot(at, agg["mean"], ls=DATA_STYLES.get(s, "-"), marker="o" if s != "iri" else "s",
+                                      ms=3.5, color=_colour(h, hues), label=label, mfc="white" if s == "iri" else None)
                     handles.setdefault(label, line)
                     if (agg["max"] > agg["min"]).any():
-                        ax.fill_between(agg.index, agg["min"], agg["max"], color=line.get_color(), alpha=0.15, lw=0)
+                        if len(xs) == 1:
+                            ax.vlines(at, agg["min"], agg["max"], color=line.get_color(), alpha=0.5)
+                        else:
+                            ax.fill_between(at, agg["min"], agg["max"], color=line.get_color(), alpha=0.15, lw=0)
             if chance is not None:
                 ax.axhline(chance, color="0.5", lw=0.8, ls=":")
             if ylim is not None:
@@ -227,7 +240,9 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "point", rows: str
                 ax.set_xlabel("stitch point")
             if j == 0:
                 ax.set_ylabel(ylabel)
-            ax.set_xticks(sorted(df[x].unique()))
+            ax.set_xticks(xs)
+            if len(xs) == 1:
+                ax.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
             ax.grid(alpha=0.3)
     if chance is not None:
         handles["chance"] = axes[0][0].axhline(chance, color="0.5", lw=0.8, ls=":")
@@ -250,7 +265,8 @@ def plot_iri_errors(table, title: str | None = None):
     for n, ((front, source), d) in enumerate(table.groupby(["front", "source"], sort=False)):
         d = d.sort_values("point")
         colour = f"C{n % 10}"
-        label = front if "+" not in source else f"{front} ({source.split('+', 1)[1].split('[')[0]} markers)"
+        marker = source.split("+", 1)[1].split("[")[0] if "+" in source else None
+        label = front if marker is None or f"+{marker} markers" in front else f"{front} ({marker} markers in x)"
         ax.plot(d.point, d.final_error, "o-", color=colour, label=label)
         ax.plot(d.point, d.initial_error, ":", color=colour, alpha=0.6)
     ax.set(xlabel="stitch point", ylabel="relative error", ylim=(0, None), xticks=sorted(table.point.unique()))
@@ -274,9 +290,9 @@ def plot_iri_examples(source: ImageSet, iris: Mapping[int, invariance.IRIs], n: 
             img = images[r].cpu()
             ax = axes[r][c]
             if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255)
             else:
-                ax.imshow(img.permute(1, 2, 0))
+                ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(heading, fontsize="x-small")
@@ -305,3 +321,13 @@ def cka_rows(front, end, test: ImageSet, iris: Mapping[int, invariance.IRIs], po
     on_iris = invariance.cka_per_point(front, end, dict(iris), points)
     return [{**labels, "point": p, "measure": measure, "value": values[p]}
             for p in points for measure, values in (("CKA on real data", real), ("CKA on IRIs", on_iris))]
+
+
+def show(fig) -> None:
+    """Display `fig` once in the notebook, whatever the matplotlib backend: closed first, so that the inline
+    backend does not draw it a second time at the end of the cell (and Agg runs still get the image)."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    plt.close(fig)
+    display(fig)

@@ -56,6 +56,7 @@ def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pa
 
 def _record(profile: str, name: str, notebook: str, config, files: list[str]) -> None:
     manifest = figures_dir(profile) / "MANIFEST.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)  # a results-only table may come before any figure
     entries = json.loads(manifest.read_text()) if manifest.exists() else {}
     entries[name] = {"notebook": notebook, "files": files,
                      "config_hash": config_key(config) if config is not None else None}

@@ -184,15 +184,18 @@ EvalStyles = Mapping[str, str]  # eval name -> linestyle, e.g. {"test": "-", "te
 
 
 def _legend(fig, objectives: Sequence[str], eval_styles: EvalStyles, eval_labels: Mapping[str, str] | None,
-            colours: Mapping[str, str] | None = None, ncol: int | None = None, baseline: bool = True) -> None:
+            colours: Mapping[str, str] | None = None, ncol: int | None = None, baseline: bool = True,
+            objective_styles: Mapping[str, str] | None = None, extra: Sequence = ()) -> None:
     from matplotlib.lines import Line2D
 
     colours = {**OBJECTIVE_COLOURS, **(colours or {})}
-    handles = [Line2D([], [], color=colours.get(o), label=OBJECTIVE_LABELS.get(o, o), linewidth=2) for o in objectives]
+    handles = [Line2D([], [], color=colours.get(o), label=OBJECTIVE_LABELS.get(o, o), linewidth=2,
+                      linestyle=(objective_styles or {}).get(o, "-")) for o in objectives]
     handles += [Line2D([], [], color="black", linestyle=ls, label=(eval_labels or {}).get(e, e))
                 for e, ls in eval_styles.items()]
     if baseline:
         handles.append(Line2D([], [], color="black", marker="s", linestyle="none", label="front / end baseline"))
+    handles += list(extra)
     fig.legend(handles=handles, loc="lower center", ncol=ncol or len(handles), frameon=False, fontsize=8,
                bbox_to_anchor=(0.5, -0.01))
 
@@ -284,7 +287,8 @@ def lines_by(ax, df: pd.DataFrame, *, x: str, y: str = "value", hue: str, order:
 
 
 def similarity_figure(cka: pd.DataFrame, functional: pd.DataFrame, *, pair_order: Sequence[str],
-                      functional_styles: EvalStyles = None, functional_labels: Mapping[str, str] | None = None):
+                      functional_styles: EvalStyles = None, functional_labels: Mapping[str, str] | None = None,
+                      functional_title: str = "(b) FuLA with the last hint only\n(stitched-model accuracy)"):
     """Fig. 6: (a) penultimate-layer CKA between the end model and the DM-initialised stitched model on
     adversarial examples; (b) the last-hint-only FuLA stitch's accuracy. One line per robustness pair.
 
@@ -303,7 +307,7 @@ def similarity_figure(cka: pd.DataFrame, functional: pd.DataFrame, *, pair_order
         sub = functional[(functional["eval"] == e) & (functional["metric"] == "accuracy")] if len(functional) else functional
         if len(sub):
             lines_by(b, sub, x="front_point", hue="pair", order=pair_order, x_of=plot_x, linestyle=ls)
-    b.set_title("(b) FuLA with the last hint only\n(stitched-model accuracy)", fontsize=9)
+    b.set_title(functional_title, fontsize=9)
     b.set_ylabel("accuracy (%)")
     b.set_ylim(0, 100)
     points = sorted(set(cka["front_point"])) if len(cka) else None
@@ -355,7 +359,7 @@ def marker_examples(examples: Mapping[str, object], *, classes: Sequence[int] | 
                 else:
                     ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
             if i == 0:
-                ax.set_title(str(data.classes[c])[:10], fontsize=7)
+                ax.set_title(str(data.classes[c])[:12], fontsize=7)
             if j == 0:
                 ax.set_ylabel((kind_labels or {}).get(kind, kind), fontsize=8, rotation=0, ha="right", va="center")
     if title:
@@ -396,7 +400,7 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
                 if len(s):
                     ax.plot(s.index, s.values, marker="o", markersize=3, linewidth=1.3,
                             color=OBJECTIVE_COLOURS.get(obj), label=OBJECTIVE_LABELS.get(obj, obj),
-                            linestyle=":" if obj == "dm" else "-")
+                            linestyle=":" if obj == "dm" else "-")  # DM: the untrained initialisation
             if chance is not None:
                 ax.axhline(chance, color="black", linewidth=0.8, linestyle=":", gid="chance")
             if ks:
@@ -409,7 +413,10 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
                 ax.set_ylabel((row_label(rv) if row_label else str(rv)) + "\naccuracy, all classes (%)", fontsize=8)
             if i == len(row_values) - 1:
                 ax.set_xlabel("classes k in stitch training", fontsize=8)
-    _legend(fig, objectives, {}, None, baseline=False)
+    from matplotlib.lines import Line2D
+
+    chance_handle = [Line2D([], [], color="black", linewidth=0.8, linestyle=":", label="chance")] if chance is not None else []
+    _legend(fig, objectives, {}, None, baseline=False, objective_styles={"dm": ":"}, extra=chance_handle)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))

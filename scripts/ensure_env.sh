@@ -29,3 +29,6 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
     echo "[fula] could not install dataset-fashion-mnist; torchvision will try to download Fashion-MNIST" >&2
 fi
 export PY
+# Passive OpenMP waiting: with busy-waiting, a torch process beside another (a notebook kernel beside
+# pytest, two runs at once) was up to 10x slower on this 2-core machine.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"

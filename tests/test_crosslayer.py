@@ -124,3 +124,35 @@ def test_tiny_grid_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "train_stitches", lambda *a, **k: pytest.fail("retrained a cached stitch"))
     again = cl.run(store, P, "cpu", plan, configs=CONFIGS, progress=False)
     assert again.equals(df)
+
+
+def test_claim_helpers():
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"pair": "self", "objective": "fula", "self_accuracy": 0.4, "self_accuracy_averaged": 1.0, "layer_pairs": 10,
+         "deep_to_shallow_wins": 8, "deep_minus_shallow": 12.0},
+        {"pair": "same", "objective": "fula", "self_accuracy": 0.6, "self_accuracy_averaged": 0.4, "layer_pairs": 10,
+         "deep_to_shallow_wins": 4, "deep_minus_shallow": -2.0}])
+    assert cl.averaging_helps(table)[0] and not cl.averaging_helps(table, ("self", "same"))[0]
+    holds, detail = cl.is_directional(table)
+    assert holds and "12 of 20" in detail and "+5.0" in detail
+    assert not cl.is_directional(table, "hint")[0]  # nothing to judge is not a pass
+    sweep = pd.DataFrame({"front_point": [6, 6, 6, 2, 2], "end_point": [2, 2, 2, 6, 6], "n_terms": [1, 2, 3, 1, 2],
+                          "accuracy": [20.0, 40.0, 60.0, 15.0, 18.0]})
+    assert cl.sweep_rises(sweep)[0] and cl.sweep_directional(sweep)[0]
+    sweep.loc[1, "accuracy"] = 70.0  # a jump up and a drop of 10 points: not smooth
+    assert not cl.sweep_rises(sweep)[0]
+    sweep.loc[4, "accuracy"] = 65.0
+    assert not cl.sweep_directional(sweep)[0]
+
+
+def test_run_profile_sweeps_only_the_main_architecture(monkeypatch):
+    import pandas as pd
+
+    P = dataclasses.replace(get_profile("paper"), cross_layer_points=(0, 8))
+    seen = {}
+    monkeypatch.setattr(cl, "run", lambda store, P, dev, plan, arch, **k: seen.setdefault(arch, plan) and pd.DataFrame({"arch": [arch]}))
+    df = cl.run_profile(None, P, "cpu", ("fula",))
+    assert list(df.arch) == list(P.archs)
+    assert len(seen[P.archs[0]]["self"]) == 4 + 8 and all(len(seen[a]["self"]) == 4 for a in P.archs[1:])

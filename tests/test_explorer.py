@@ -62,7 +62,10 @@ def test_widget_builds_and_trains_on_click(store, monkeypatch):
     pytest.importorskip("ipywidgets")
     ex = Explorer(store, tiny_profile(), "cpu", configs=CONFIGS, progress=False)
     box = ex.widget("synthetic_1", "synthetic_0", 6, 3, "fula")
-    (front, end, obj), (fp, ep, button), shown, log = box.children[0].children, box.children[1].children, *box.children[2:]
+    c = ex.controls
+    assert set(c) == {"front", "end", "front_point", "end_point", "objective", "train", "result", "log"}
+    assert c["front"] in box.children[0].children and c["result"] in box.children
+    fp, obj, button, shown = c["front_point"], c["objective"], c["train"], c["result"]
     assert "from the cache" in shown.value and button.disabled  # trained by the test above
     fp.value = 2
     assert "not trained" in shown.value and not button.disabled

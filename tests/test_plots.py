@@ -191,3 +191,22 @@ def test_adversarial_cka_cached(tmp_path):
     assert 0.0 <= value <= 1.0 + 1e-9
     assert plots.adversarial_cka(st, StitchJob(4, 4, "dm"), attacked) == value  # from the cache
     assert len(list((tmp_path / "adversarial_cka").glob("*.pt"))) == 2
+
+
+def test_baseline_table(tmp_path):
+    store = ResultStore(tmp_path)
+    cfg_f = TrainConfig(dataset="synthetic", width=4, seed=1)
+    cfg_e = TrainConfig(dataset="synthetic", width=4, seed=0)
+    torch.manual_seed(0)
+    front, end = (models.build("resnet18", 4, in_channels=3, width=4).eval() for _ in range(2))
+
+    def specs_of(dataset):
+        return [EvalSpec(DataSpec(dataset, "test", subset=16)),
+                EvalSpec(DataSpec(dataset, "test", subset=8), attack="pgd", eps=0.1, pgd_step=0.05, pgd_steps=1)]
+
+    base = plots.baseline_table(store, {("cross", "a"): ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu",
+                                key_names=("task", "pair"))
+    assert len(base) == 4 and set(base.role) == {"front", "end"} and set(base["eval"]) == {"test", "test/pgd"}
+    assert set(base.metric) == {"accuracy"} and (base.task == "cross").all() and (base.dataset == "synthetic").all()
+    with pytest.raises(ValueError):
+        plots.baseline_table(store, {"a": ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu", key_names=("task", "pair"))
