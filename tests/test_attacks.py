@@ -32,18 +32,8 @@ def _mlp(num_classes=NUM_CLASSES):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, num_classes))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Tiny tensors run several times faster on one intra-op thread, above all on a
-    loaded machine; the previous setting is restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def tiny(_single_thread):
+def tiny(one_thread):
     """A trained tiny classifier (eval mode) and a held-out test set."""
     g = torch.Generator().manual_seed(0)
     templates = (0.5 + 0.1 * torch.randn(NUM_CLASSES, 1, 8, 8, generator=g)).clamp(0, 1)

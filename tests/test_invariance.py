@@ -12,15 +12,6 @@ FAST = dict(steps=40, step_size=4 / 255)  # the paper's method on a shortened sc
 STITCH = StitchConfig(epochs=2, batch_size=32, lstsq_samples=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on 2 shared cores: OpenMP threads spinning against other processes cost up to 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sets():
     return data.load("synthetic", "train"), data.load("synthetic", "test")

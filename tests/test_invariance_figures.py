@@ -16,14 +16,6 @@ from fula_core.store import ResultStore
 STITCH = StitchConfig(epochs=1, batch_size=32, lstsq_samples=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sets():
     return data.load("synthetic", "train").take(64), data.load("synthetic", "test").take(32)

@@ -18,16 +18,6 @@ from fula_core.metrics import (
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """Small tensors run faster on one intra-op thread, above all on a loaded machine;
-    the previous setting is restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------ accuracy
 
 

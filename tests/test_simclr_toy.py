@@ -14,15 +14,6 @@ TINY = simclr.SimCLRConfig("synthetic", width=4, epochs=4, batch_size=64, proj_h
                         probe_epochs=10, train_subset=256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on 2 shared cores: OpenMP threads spinning against other processes cost up to 10x.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def train_set():
     return data.load("synthetic", "train")
