@@ -40,8 +40,8 @@ if str(ROOT) not in sys.path:
 from fula_core import attacks  # noqa: E402
 from fula_core.data import DATASET_INFO, ImageSet  # noqa: E402
 from fula_core.models import build  # noqa: E402
-from fula_core.stitching import (StitchConfig, StitchJob, fula_loss, lstsq_init, relative_error,  # noqa: E402
-                                 slm_loss)
+from fula_core.stitching import (StitchConfig, StitchJob, _objective_loss, fula_loss, lstsq_init,  # noqa: E402
+                                 relative_error, slm_loss)
 from fula_core.train import TrainConfig  # noqa: E402
 
 
@@ -164,25 +164,6 @@ def reference_init(front, end, job: StitchJob, init_data: ImageSet, cfg: StitchC
     return stitch
 
 
-def _loss(job: StitchJob, out, end, y, targets, end_logits, cfg: StitchConfig, train_bn: bool):
-    j = job.end_point
-    if job.objective == "hint":
-        loss = relative_error(out, targets[j], cfg.fula_reduction)
-        if train_bn:  # the stitched model's forward still runs and moves g_{>j}'s running statistics
-            with torch.no_grad():
-                end.forward_from(out.detach(), j)
-        return loss
-    if job.objective == "fula":
-        later, _ = end.activations_from(out, j, with_logits=True)
-        return fula_loss([out] + later, targets[j:], job.fula_weights, cfg.fula_reduction)
-    logits = end.forward_from(out, j)
-    if job.objective == "slm":
-        return slm_loss(logits, end_logits)
-    if job.objective in ("tlm", "hlm"):
-        return F.cross_entropy(logits, y)
-    raise ValueError(f"the reference trains tlm/hlm/slm/hint/fula, not {job.objective!r}")
-
-
 def reference_stitch_run(front0, end0, job: StitchJob, data: ImageSet, cfg: StitchConfig, device,
                          workers: int | None = None) -> tuple[ReferenceStitchedModel, list[float]]:
     """Train one stitch the straightforward way; returns the stitched model (eval mode) and epoch losses."""
@@ -223,7 +204,8 @@ def reference_stitch_run(front0, end0, job: StitchJob, data: ImageSet, cfg: Stit
             opt.zero_grad()
             for share, a, targets, end_logits in feeds:
                 out = stitch(a)
-                loss = _loss(job, out, end, y, targets, end_logits, cfg, train_bn)
+                # the engine's own loss, so only the way of running differs
+                loss = _objective_loss(job, out, end, y, targets, end_logits, cfg, train_bn)
                 (share * loss).backward()
                 running += share * loss.item()
             opt.step()

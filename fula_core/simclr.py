@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .data import DATASET_INFO, ImageSet, batches, load, steps_per_epoch
 from .models import MODELS_VERSION, NUM_STITCH_POINTS, StitchableResNet, build
-from .store import NO_CHECKPOINT, Checkpointer, CorruptCheckpointError, ResultStore, config_key
+from .store import NO_CHECKPOINT, Checkpointer, ResultStore, config_key
+from .train import model_payload, restore_model
 
 SSL_VERSION = 1  # part of every cache key: bump when a change here alters trained weights
 
@@ -306,15 +307,9 @@ def get_simclr_model(store: ResultStore, cfg: SimCLRConfig, device="cpu", *, dat
         train_data = data if data is not None else load(cfg.dataset, "train", root=data_dir)
         log: dict = {}
         model = train_simclr(cfg, train_data, device, checkpoint=checkpoint, progress=progress, log=log)
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "num_classes": model.num_classes,
-                "in_channels": model.in_channels, "log": log}
+        return {**model_payload(model), "log": log}
 
     payload = store.get_or_compute("simclr_model", dataclasses.asdict(cfg), compute)
-    model = build(cfg.arch, payload["num_classes"], payload["in_channels"], cfg.width)
-    try:
-        model.load_state_dict(payload["state"])
-    except (RuntimeError, KeyError) as err:
-        path = store.path("simclr_model", config_key(dataclasses.asdict(cfg)))
-        raise CorruptCheckpointError(f"{path} holds weights that do not fit {cfg.label}: delete it and rerun ({err})") from err
-    model = model.to(device).eval()
+    path = store.path("simclr_model", config_key(dataclasses.asdict(cfg)))
+    model = restore_model(payload, cfg, path).to(device).eval()
     return (model, payload["log"]) if return_log else model

@@ -132,14 +132,23 @@ def get_model(store: ResultStore, cfg: TrainConfig, device="cpu", *, data: Image
     def compute(ckpt: Checkpointer):
         train_data = data if data is not None else training_data(cfg, data_dir)
         model = train_model(cfg, train_data, device, checkpoint=ckpt, progress=progress)
-        return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
-                "num_classes": model.num_classes, "in_channels": model.in_channels}
+        return model_payload(model)
 
     payload = store.get_or_compute("model", dataclasses.asdict(cfg), compute)
+    return restore_model(payload, cfg, store.path("model", config_key(dataclasses.asdict(cfg)))).to(device).eval()
+
+
+def model_payload(model: StitchableResNet) -> dict:
+    """What the store keeps of a trained model: CPU weights and the shape arguments of `build`."""
+    return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
+            "num_classes": model.num_classes, "in_channels": model.in_channels}
+
+
+def restore_model(payload: dict, cfg, path) -> StitchableResNet:
+    """Rebuild a stored model (cfg gives arch, width and label); a clear error if the weights do not fit."""
     model = build(cfg.arch, payload["num_classes"], payload["in_channels"], cfg.width)
     try:
         model.load_state_dict(payload["state"])
     except (RuntimeError, KeyError) as err:
-        path = store.path("model", config_key(dataclasses.asdict(cfg)))
         raise CorruptCheckpointError(f"{path} holds weights that do not fit {cfg.label}: delete it and rerun ({err})") from err
-    return model.to(device).eval()
+    return model
