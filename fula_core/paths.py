@@ -11,7 +11,7 @@ import json
 import os
 import pathlib
 
-from .store import config_key
+from .store import atomic_write_text, config_key, file_lock
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -56,10 +56,8 @@ def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pa
 
 def _record(profile: str, name: str, notebook: str, config, files: list[str]) -> None:
     manifest = figures_dir(profile) / "MANIFEST.json"
-    manifest.parent.mkdir(parents=True, exist_ok=True)  # a results-only table may come before any figure
-    entries = json.loads(manifest.read_text()) if manifest.exists() else {}
-    entries[name] = {"notebook": notebook, "files": files,
-                     "config_hash": config_key(config) if config is not None else None}
-    tmp = manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-    os.replace(tmp, manifest)
+    with file_lock(manifest):  # notebooks running in parallel share the manifest
+        entries = json.loads(manifest.read_text()) if manifest.exists() else {}
+        entries[name] = {"notebook": notebook, "files": files,
+                         "config_hash": config_key(config) if config is not None else None}
+        atomic_write_text(manifest, json.dumps(entries, indent=1, sort_keys=True))

@@ -3,16 +3,25 @@
 Each notebook's `parameters` cell is overridden with the profile (and any --param KEY=VALUE); a parameter
 the notebook does not declare is an error, not silently ignored. The first failing notebook stops the run
 with its name and the failing cell.
+
+On a CPU, `--jobs 2` (the default there) runs two single-threaded notebooks at a time: on a 2-core
+machine two 1-thread torch processes do ~1.3x the work of one 2-thread process (small convolutions
+scale badly across threads). The zoo's base models are trained first, `jobs` at a time, so that no two
+notebooks train the same model; the notebooks then start longest first (by the last run's timings).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
 from .config import PROFILES
+from . import paths
 from .paths import REPO
 
 NOTEBOOKS = REPO / "notebooks"
@@ -41,7 +50,19 @@ def parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
-def run(profile: str, only: list[str] | None = None, params: dict | None = None, device: str = "auto") -> None:
+def _check_parameters(selected: list[pathlib.Path], parameters: dict) -> None:
+    import papermill
+
+    for nb in selected:
+        declared = papermill.inspect_notebook(str(nb))
+        unknown = set(parameters) - set(declared)
+        if unknown:
+            raise SystemExit(f"{nb.name} has no parameter(s) {', '.join(sorted(unknown))}; "
+                             f"it declares: {', '.join(declared)}")
+
+
+def run(profile: str, only: list[str] | None = None, params: dict | None = None, device: str = "auto",
+        jobs: int = 1) -> None:
     import papermill
 
     if profile not in PROFILES:
@@ -52,12 +73,9 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
     selected = notebooks(only)
     if not selected:
         raise SystemExit(f"no notebooks found in {NOTEBOOKS}")
-    for nb in selected:
-        declared = papermill.inspect_notebook(str(nb))
-        unknown = set(parameters) - set(declared)
-        if unknown:
-            raise SystemExit(f"{nb.name} has no parameter(s) {', '.join(sorted(unknown))}; "
-                             f"it declares: {', '.join(declared)}")
+    _check_parameters(selected, parameters)
+    if jobs > 1 and len(selected) > 1:
+        return run_parallel(profile, selected, params or {}, device, jobs)
     for nb in selected:
         started = time.time()
         print(f"[fula] {nb.name} (profile {profile}) ...", flush=True)
@@ -72,7 +90,93 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
             print(f"[fula] FAILED: {nb.name}: {type(err).__name__}: {err}\n"
                   f"[fula] the partly executed notebook is {out_dir / nb.name}", file=sys.stderr)
             raise SystemExit(1) from None
-        print(f"[fula] {nb.name} done in {time.time() - started:.0f}s", flush=True)
+        seconds = time.time() - started
+        _record_timing(profile, nb.name, seconds)
+        print(f"[fula] {nb.name} done in {seconds:.0f}s", flush=True)
+
+
+def _timings_path(profile: str) -> pathlib.Path:
+    return REPO / "executed" / profile / "timings.json"
+
+
+def _record_timing(profile: str, name: str, seconds: float) -> None:
+    from .store import atomic_write_text, file_lock
+
+    path = _timings_path(profile)
+    with file_lock(path):  # parallel notebooks record into the same file
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[name] = round(seconds, 1)
+        atomic_write_text(path, json.dumps(timings, indent=1, sort_keys=True))
+
+
+# Start order when no earlier run left timings: the quick profile's costs, longest first
+DEFAULT_ORDER = ("01", "05", "04", "02", "00", "03", "06")
+
+
+def longest_first(selected: list[pathlib.Path], profile: str) -> list[pathlib.Path]:
+    """Notebooks ordered by the last run's wall time (longest first), else by DEFAULT_ORDER."""
+    path = _timings_path(profile)
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    if all(nb.name in timings for nb in selected):
+        return sorted(selected, key=lambda nb: -timings[nb.name])
+    rank = {n: i for i, n in enumerate(DEFAULT_ORDER)}
+    return sorted(selected, key=lambda nb: rank.get(nb.name[:2], len(rank)))
+
+
+def _single_thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: pathlib.Path, what: str) -> None:
+    """Run named commands, `jobs` at a time, each logging to log_dir/<name>.log; stop at the first failure."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    waiting, running = list(commands), {}
+    env = _single_thread_env(threads)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            name = waiting.pop(0)
+            log = open(log_dir / f"{name}.log", "w")
+            print(f"[fula] {what} {name} ... (log: {log.name})", flush=True)
+            running[name] = (subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              cwd=REPO), log, time.time())
+        time.sleep(1)
+        for name, (proc, log, started) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode != 0:
+                for other, (p, lg, _) in running.items():
+                    p.terminate(), p.wait(), lg.close()
+                tail = (log_dir / f"{name}.log").read_text().strip().splitlines()[-5:]
+                print("\n".join(tail), file=sys.stderr)
+                raise SystemExit(f"[fula] FAILED: {what} {name} (exit {proc.returncode}); full log: "
+                                 f"{log_dir / f'{name}.log'}; the cache keeps everything finished, rerun to resume")
+            print(f"[fula] {what} {name} done in {time.time() - started:.0f}s", flush=True)
+
+
+def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, device: str, jobs: int) -> None:
+    """The zoo's missing base models first, then the notebooks, `jobs` processes at a time."""
+    from .config import get_profile
+    from .store import ResultStore
+    from .zoo import missing_models
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log_dir = REPO / "executed" / profile / "logs"
+    missing = missing_models(get_profile(profile), ResultStore(paths.cache_dir(profile)))
+    if missing:
+        _run_pool({mid: [sys.executable, "-m", "fula_core.zoo", "--profile", profile, "--device", device,
+                         "--train-only", "--only", mid] for mid in missing},
+                  jobs, threads, log_dir, "train")
+    extra = [arg for k, v in params.items() for arg in ("--param", f"{k}={v!r}")]
+    ordered = longest_first(selected, profile)
+    _run_pool({nb.name: [sys.executable, "-m", "fula_core.pipeline", "--profile", profile, "--device", device,
+                         "--jobs", "1", "--only", nb.name[:2], *extra] for nb in ordered},
+              jobs, threads, log_dir, "notebook")
 
 
 SMOKE_COPIES = REPO / "tests" / "smoke_notebooks"
@@ -112,6 +216,18 @@ def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
     return written
 
 
+def resolve_jobs(jobs: str, device: str) -> int:
+    """'auto': 2 single-threaded notebooks at a time on a CPU with >= 2 cores; 1 when a GPU does the work."""
+    if jobs != "auto":
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise SystemExit(f"--jobs {jobs!r}: give a positive number or 'auto'")
+        return int(jobs)
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu or (os.cpu_count() or 1) < 2 else 2
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,11 +236,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a notebook parameter (must be declared in every selected notebook)")
+    parser.add_argument("--jobs", default="auto",
+                        help="notebooks run at a time (auto: 2 on a multi-core CPU, 1 with CUDA)")
     parser.add_argument("--publish", action="store_true",
                         help="afterwards copy the executed notebooks into notebooks/ (quick) or tests/smoke_notebooks/ (smoke)")
     args = parser.parse_args(argv)
     started = time.time()
-    run(args.profile, args.only, dict(parse_param(p) for p in args.param), args.device)
+    run(args.profile, args.only, dict(parse_param(p) for p in args.param), args.device, resolve_jobs(args.jobs, args.device))
     if args.publish:
         for path in publish(args.profile, args.only):
             print(f"[fula] published {path.relative_to(REPO)}")

@@ -8,7 +8,9 @@ or the new one, never a torn file. Long jobs save a resumable checkpoint <key>.p
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +21,18 @@ from typing import Any, Callable
 import torch
 
 STORE_VERSION = 1
+
+
+@contextlib.contextmanager
+def file_lock(path: pathlib.Path):
+    """Hold an exclusive lock on <path>.lock: for read-modify-write of a file shared by parallel runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -48,13 +62,13 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def atomic_save(obj: Any, path: pathlib.Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, then rename over it."""
+def _atomic_write(path: pathlib.Path, write: Callable[[Any], None], mode: str) -> None:
+    """write(file) into a temp file beside `path`, fsync, then rename over it: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,6 +76,16 @@ def atomic_save(obj: Any, path: pathlib.Path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: pathlib.Path) -> None:
+    """torch.save, atomically (see _atomic_write)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Write a text file atomically (see _atomic_write)."""
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def safe_load(path: pathlib.Path) -> Any:

@@ -14,6 +14,7 @@ import time
 from . import attacks
 from .config import Profile, get_profile, resolve_device
 from .data import load
+from .paths import cache_dir
 from .stitching import evaluate
 from .store import ResultStore
 from .train import TrainConfig, get_model
@@ -29,6 +30,30 @@ def zoo_configs(profile: Profile, arch: str | None = None) -> dict[str, TrainCon
         for model_id, (dataset, seed) in ids.items():
             configs[model_id + (" robust" if robust else "")] = profile.train_config(dataset, seed, robust=robust, arch=arch)
     return configs
+
+
+def missing_models(profile: Profile, store: ResultStore) -> list[str]:
+    """Ids of the zoo models (all architectures) not yet in the store, most expensive first."""
+    import dataclasses
+
+    configs = {mid + ("" if arch == profile.archs[0] else f" {arch}"): cfg
+               for arch in profile.archs for mid, cfg in zoo_configs(profile, arch).items()}
+    todo = [mid for mid, cfg in configs.items() if not store.has("model", dataclasses.asdict(cfg))]
+    # cost ~ images x epochs x (1 + PGD steps for robust models)
+    sizes = {mid: (configs[mid].train_subset or 60000) * configs[mid].epochs * (1 + configs[mid].robust * configs[mid].pgd_steps)
+             for mid in todo}
+    return sorted(todo, key=lambda mid: -sizes[mid])
+
+
+def _config_for(profile: Profile, model_id: str) -> TrainConfig:
+    """The TrainConfig of a zoo id; an id of another architecture ends in ' <arch>'."""
+    for arch in profile.archs:
+        suffix = "" if arch == profile.archs[0] else f" {arch}"
+        for mid, cfg in zoo_configs(profile, arch).items():
+            if mid + suffix == model_id:
+                return cfg
+    raise SystemExit(f"no zoo model {model_id!r} in profile {profile.name}: have "
+                     f"{', '.join(zoo_configs(profile))}")
 
 
 def evaluate_base_model(model, cfg: TrainConfig, profile: Profile, device, data_dir=None) -> dict:
@@ -75,19 +100,22 @@ def zoo_table(profile: Profile, store: ResultStore, device, *, arch: str | None 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--cache", default="cache")
+    parser.add_argument("--cache", default=None, help="cache root (default: the repository's cache/ or $FULA_CACHE_DIR)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", nargs="*", help="model ids to train/evaluate (default: all)")
+    parser.add_argument("--train-only", action="store_true", help="train (or load) the models, skip their evaluation")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    store = ResultStore(f"{args.cache}/{profile.name}")
-    if args.only:
-        for mid in args.only:
-            cfg = zoo_configs(profile)[mid]
+    store = ResultStore(f"{args.cache}/{profile.name}" if args.cache else cache_dir(profile.name))
+    if args.only or args.train_only:
+        for mid in args.only or list(zoo_configs(profile)):
+            cfg = _config_for(profile, mid)
             t = time.time()
             model = get_model(store, cfg, device)
-            print(mid, f"trained/loaded in {time.time() - t:.0f}s", evaluate_base_model(model, cfg, profile, device), flush=True)
+            print(mid, f"trained/loaded in {time.time() - t:.0f}s", flush=True)
+            if not args.train_only:
+                print(evaluate_base_model(model, cfg, profile, device), flush=True)
         return
     print(zoo_table(profile, store, device).to_string(index=False))
 
