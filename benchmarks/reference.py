@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 from fula_core import attacks  # noqa: E402
 from fula_core.data import DATASET_INFO, ImageSet  # noqa: E402
 from fula_core.models import build  # noqa: E402
-from fula_core.stitching import (StitchConfig, StitchJob, _objective_loss, fula_loss, lstsq_init,  # noqa: E402
+from fula_core.stitching import (StitchConfig, StitchJob, objective_loss, fula_loss, lstsq_init,  # noqa: E402
                                  relative_error, slm_loss)
 from fula_core.train import TrainConfig  # noqa: E402
 
@@ -205,7 +205,7 @@ def reference_stitch_run(front0, end0, job: StitchJob, data: ImageSet, cfg: Stit
             for share, a, targets, end_logits in feeds:
                 out = stitch(a)
                 # the engine's own loss, so only the way of running differs
-                loss = _objective_loss(job, out, end, y, targets, end_logits, cfg, train_bn)
+                loss = objective_loss(job, out, end, y, targets, end_logits, cfg, train_bn)
                 (share * loss).backward()
                 running += share * loss.item()
             opt.step()

@@ -391,5 +391,5 @@ def end_accuracy(store, P: Profile, device, *, arch: str | None = None, configs:
     configs = configs if configs is not None else zoo_configs(P, arch)
     cfg = configs[pair_ids(P)["self"][1]]
     model = get_model(store, cfg, device, data_dir=data_dir)
-    rows = baseline_rows(store, model, cfg, model, "end", [eval_spec(P, cfg.dataset)], device, data_dir)
+    rows = baseline_rows(store, model, cfg, "end", [eval_spec(P, cfg.dataset)], device, data_dir)
     return next(r["value"] for r in rows if r["metric"] == "accuracy")

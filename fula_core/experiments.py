@@ -70,7 +70,8 @@ class EvalSpec:
         return "/".join(parts)
 
 
-def _attack_inputs(model, data: ImageSet, spec: EvalSpec) -> torch.Tensor:
+def attack_inputs(model, data: ImageSet, spec: EvalSpec) -> torch.Tensor:
+    """The inputs `spec` scores `model` on: the clean images, or attacks crafted against `model` itself."""
     x = data.images.float() / 255
     if spec.attack is None:
         return x
@@ -93,7 +94,7 @@ def score(model, end: StitchableResNet, data: ImageSet, spec: EvalSpec,
     agreement with the end model on the same inputs. `end_logits`: the end model's logits on the clean
     `data`, when the caller has them already (clean specs only: attacked inputs differ per model)."""
     model.eval()
-    x = _attack_inputs(model, data, spec)
+    x = attack_inputs(model, data, spec)
     with torch.no_grad():
         logits = torch.cat([model(xb) for xb in x.split(500)]).float()
         if end_logits is None or spec.attack is not None:
@@ -117,23 +118,24 @@ class Stitcher:
         self.front = front if front is not None else get_model(store, front_cfg, device, data_dir=data_dir, progress=progress)
         self.end = end if end is not None else get_model(store, end_cfg, device, data_dir=data_dir, progress=progress)
 
-    def _key(self, job: StitchJob) -> dict:
+    def key(self, job: StitchJob) -> dict:
+        """Everything that determines the trained stitch of `job` (its store key)."""
         return {"front": self.front_cfg, "end": self.end_cfg, "job": job, "cfg": self.cfg, "train": self.train_spec,
                 "init": self.init_spec, "iri": self.iri, "version": (STITCHING_VERSION, EXPERIMENTS_VERSION)}
 
     def outcomes(self, jobs: list[StitchJob], train_data: ImageSet | None = None) -> list[StitchOutcome]:
         """Trained stitches for `jobs`: the cached ones loaded, all missing ones trained together."""
-        keys = [self._key(j) for j in jobs]
+        keys = [self.key(j) for j in jobs]
         missing = [j for j, k in zip(jobs, keys) if not self.store.has("stitch", k)]
         if missing:
             data = train_data if train_data is not None else self.train_spec.load(self.device, self.data_dir)
             init = self.init_spec.load(self.device, self.data_dir) if self.init_spec else None
-            batch_key = {"jobs": [self._key(j) for j in missing]}
+            batch_key = {"jobs": [self.key(j) for j in missing]}
             ckpt = self.store.checkpointer("stitch_batch", batch_key)
             trained = train_stitches(self.front, self.end, missing, data, self.cfg, init_data=init, checkpoint=ckpt,
                                      progress=self.progress)
             for job, out in zip(missing, trained):
-                self.store.save("stitch", self._key(job), dataclasses.asdict(out) | {"job": dataclasses.asdict(job)})
+                self.store.save("stitch", self.key(job), dataclasses.asdict(out) | {"job": dataclasses.asdict(job)})
             ckpt.clear()
         result = []
         for job, key in zip(jobs, keys):
@@ -147,7 +149,7 @@ class Stitcher:
         rows, outs, cache, end_cache = [], None, {}, {}
         for job in jobs:
             for spec in specs:
-                key = {"stitch": self._key(job), "eval": spec}
+                key = {"stitch": self.key(job), "eval": spec}
                 if not self.store.has("stitch_eval", key):
                     if outs is None:
                         outs = dict(zip([j.name for j in jobs], self.outcomes(jobs, train_data)))
@@ -170,14 +172,20 @@ class Stitcher:
         return rows
 
 
-def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, end: StitchableResNet, role: str,
-                  specs: list[EvalSpec], device, data_dir=None) -> list[dict]:
-    """Scores of a plain model (the front or the end baseline at the ends of a stitching plot)."""
+def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, role: str, specs: list[EvalSpec], device,
+                  data_dir=None, *, agree_with: StitchableResNet | None = None, agree_with_cfg=None) -> list[dict]:
+    """Scores of a plain model (the front or the end baseline at the ends of a stitching plot).
+
+    Agreement is measured against `agree_with` (described by `agree_with_cfg` in the cache key); by default
+    the model itself, so a baseline's agreement is 100 by definition."""
+    if (agree_with is None) != (agree_with_cfg is None):
+        raise ValueError("baseline_rows: pass agree_with and agree_with_cfg together (the config keys the cache)")
+    other, other_cfg = (model, model_cfg) if agree_with is None else (agree_with, agree_with_cfg)
     rows = []
     for spec in specs:
-        key = {"baseline": model_cfg, "end": role, "eval": spec, "version": EXPERIMENTS_VERSION}
+        key = {"baseline": model_cfg, "agree_with": other_cfg, "role": role, "eval": spec, "version": EXPERIMENTS_VERSION}
         if not store.has("baseline_eval", key):
-            store.save("baseline_eval", key, score(model, end, spec.data.load(device, data_dir), spec))
+            store.save("baseline_eval", key, score(model, other, spec.data.load(device, data_dir), spec))
         s = store.load("baseline_eval", key)
         for metric in ("accuracy", "agreement"):
             rows.append({"role": role, "eval": spec.name, "metric": metric, "value": s[metric]})

@@ -82,9 +82,9 @@ class Explorer:
         st = self._stitcher(front_id, end_id)
         out["cka"] = self.cka(front_id, end_id, job.front_point, job.end_point)
         spec = eval_spec(self.P, end_cfg.dataset)
-        base = baseline_rows(self.store, st.end, end_cfg, st.end, "end", [spec], self.device, self.data_dir)
+        base = baseline_rows(self.store, st.end, end_cfg, "end", [spec], self.device, self.data_dir)
         out["end_accuracy"] = next(r["value"] for r in base if r["metric"] == "accuracy")
-        cached = self.store.has("stitch", st._key(job))
+        cached = self.store.has("stitch", st.key(job))
         if not cached and not train_if_missing:
             out["status"] = "not trained"
             return out

@@ -445,7 +445,7 @@ def baseline_table(store, models: Mapping[object, tuple[tuple[object, object], t
         if len(key) != len(key_names):
             raise ValueError(f"key {key!r} does not match key_names {tuple(key_names)!r}")
         for role, (model, cfg) in (("front", (front, front_cfg)), ("end", (end, end_cfg))):
-            for r in baseline_rows(store, model, cfg, model, role, specs_of(cfg.dataset), device, data_dir):
+            for r in baseline_rows(store, model, cfg, role, specs_of(cfg.dataset), device, data_dir):
                 if r["metric"] == "accuracy":
                     rows.append({**dict(zip(key_names, key)), "dataset": cfg.dataset, **r})
     return pd.DataFrame(rows)
@@ -480,9 +480,9 @@ def adversarial_cka(stitcher, job, spec, point: int = NUM_STITCH_POINTS - 1, bat
     """Fig. 6a: linear CKA between the stitched model's and the end model's activations at `point` (the
     penultimate layer by default) on inputs attacked against the stitched model (`spec`: an EvalSpec with
     an attack; clean inputs when its attack is None). Cached in the stitcher's store."""
-    from .experiments import _attack_inputs
+    from .experiments import attack_inputs
 
-    key = {"stitch": stitcher._key(job), "eval": spec, "point": point, "what": "adversarial_cka", "version": 1}
+    key = {"stitch": stitcher.key(job), "eval": spec, "point": point, "what": "adversarial_cka", "version": 1}
 
     def compute(_ckpt):
         outcome = stitcher.outcomes([job])[0]
@@ -491,7 +491,7 @@ def adversarial_cka(stitcher, job, spec, point: int = NUM_STITCH_POINTS - 1, bat
         model = outcome.model(stitcher.front, stitcher.end, stitcher.cfg.resize)
         model.eval()
         data = spec.data.load(stitcher.device, stitcher.data_dir)
-        x = _attack_inputs(model, data, spec)
+        x = attack_inputs(model, data, spec)
         h = torch.cat([stitched_activation(model, xb, point) for xb in x.split(batch_size)])
         g = torch.cat([end_activation(stitcher.end, xb, point) for xb in x.split(batch_size)])
         return {"cka": metrics.linear_cka(h.float(), g.float())}

@@ -400,7 +400,7 @@ class _Job:
         self.gen.set_state(s["gen"])
 
 
-def _objective_loss(job: StitchJob, stitch_out, end, y, targets, end_logits, cfg, need_forward: bool):
+def objective_loss(job: StitchJob, stitch_out, end, y, targets, end_logits, cfg, need_forward: bool):
     """The job's loss on one input batch, given the end model's targets on that same batch."""
     j = job.end_point
     if job.objective == "hint":
@@ -444,7 +444,7 @@ def _train_batch(front, end, running: list[tuple[int, _Job]], stitched_eval: dic
             with _job_bn_live(end, st.end_bn if train_bn else None), _autocast(x.device):
                 end.train(train_bn)
                 out = st.stitch(front_acts[st.job.front_point])
-                loss = _objective_loss(st.job, out, end, y, targets, end_logits, cfg, train_bn)
+                loss = objective_loss(st.job, out, end, y, targets, end_logits, cfg, train_bn)
             (share * loss).backward()
             total = total + share * loss.detach()
         st.opt.step()

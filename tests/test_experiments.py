@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from fula_core import experiments, stitching
 from fula_core.experiments import DataSpec, EvalSpec, Stitcher
@@ -45,3 +46,20 @@ def test_data_spec_transforms():
     assert len(d) == 100 and int(d.labels.max()) <= 1
     with pytest.raises(ValueError):
         DataSpec("nope").load()
+
+
+def test_baseline_rows_agreement_is_keyed_by_the_model_it_agrees_with(tmp_path):
+    from fula_core.models import build
+
+    store = ResultStore(tmp_path)
+    torch.manual_seed(0)
+    a, b = build("resnet18", 10, 3, width=4).eval(), build("resnet18", 10, 3, width=4).eval()
+    spec = [EvalSpec(DataSpec("synthetic", "test", subset=64))]
+    alone = experiments.baseline_rows(store, a, "model a", "end", spec, "cpu")
+    assert {r["metric"]: r["value"] for r in alone}["agreement"] == 100.0  # with itself, by definition
+    vs_b = experiments.baseline_rows(store, a, "model a", "end", spec, "cpu", agree_with=b, agree_with_cfg="model b")
+    acc = {r["metric"]: r["value"] for r in vs_b}
+    assert acc["accuracy"] == {r["metric"]: r["value"] for r in alone}["accuracy"]
+    assert acc["agreement"] < 100.0  # two random nets: not the cached self-agreement
+    with pytest.raises(ValueError, match="together"):
+        experiments.baseline_rows(store, a, "model a", "end", spec, "cpu", agree_with=b)

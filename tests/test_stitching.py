@@ -181,13 +181,13 @@ def test_stitched_model_uses_its_own_statistics(pair, synthetic):
 
 def test_non_finite_loss_stops_only_that_job(pair, synthetic, monkeypatch):
     front, end = pair
-    real = stitching._objective_loss
+    real = stitching.objective_loss
 
     def poisoned(job, *args, **kw):
         loss = real(job, *args, **kw)
         return loss * float("nan") if job.objective == "slm" else loss
 
-    monkeypatch.setattr(stitching, "_objective_loss", poisoned)
+    monkeypatch.setattr(stitching, "objective_loss", poisoned)
     jobs = [StitchJob(4, 4, "slm"), StitchJob(2, 2, "fula")]
     out = stitching.train_stitches(front, end, jobs, synthetic[0], CFG, progress=False)
     assert out[0].error is not None and "slm[4->4]" in out[0].error and "non-finite" in out[0].error
