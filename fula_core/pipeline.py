@@ -191,6 +191,23 @@ def strip_volatile(nb) -> None:
             cell.metadata.pop(key, None)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_progress_bars(nb) -> int:
+    """Remove displayed widgets (tqdm's progress bars) from a notebook that is read without its widget state,
+    e.g. on the repository page: there each shows only its first frame ("0%|  | 0/468"), as if nothing ran.
+    A widget a cell returns as its value (the explorer) stays. Returns how many were removed."""
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.outputs if not (o.output_type == "display_data" and WIDGET_VIEW in o.get("data", {}))]
+        removed += len(cell.outputs) - len(kept)
+        cell.outputs = kept
+    return removed
+
+
 def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
     """Copy executed notebooks where they are read: quick outputs into notebooks/ (for the repository page),
     smoke copies into tests/smoke_notebooks/ (for nbval). Returns the written paths."""
@@ -207,6 +224,7 @@ def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
         strip_volatile(nb)
         if profile == "quick":  # the defaults are the quick run's parameters: no injected cell in notebooks/
             nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+            drop_progress_bars(nb)  # (the smoke copies keep them: nbval compares what a rerun displays)
             target = nb_path
         else:
             SMOKE_COPIES.mkdir(parents=True, exist_ok=True)

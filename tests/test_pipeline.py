@@ -61,3 +61,17 @@ def test_missing_models_lists_untrained_zoo_models_dearest_first(tmp_path):
     assert missing[:2] == ["fashion_mnist_0", "fashion_mnist_1"]  # 60k images x 6 epochs beat 10k x 4 x PGD-3
     with pytest.raises(SystemExit, match="no zoo model 'nope'"):
         zoo._config_for(profile, "nope")
+
+
+def test_published_notebooks_lose_progress_bars_but_keep_returned_widgets():
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("train()")
+    bar = nbformat.v4.new_output("display_data", data={pipeline.WIDGET_VIEW: {"model_id": "a"}, "text/plain": "0%|"})
+    text = nbformat.v4.new_output("stream", name="stdout", text="accuracy 90.6\n")
+    explorer = nbformat.v4.new_output("execute_result", data={pipeline.WIDGET_VIEW: {"model_id": "b"}, "text/plain": "VBox"},
+                                      execution_count=1)
+    cell.outputs = [bar, text, explorer]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("prose")])
+    assert pipeline.drop_progress_bars(nb) == 1
+    assert [o.output_type for o in nb.cells[0].outputs] == ["stream", "execute_result"]
