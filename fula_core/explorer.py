@@ -22,10 +22,9 @@ from . import metrics
 from .config import Profile, get_profile
 from .crosslayer import OBJECTIVE_LABELS, eval_spec, train_spec
 from .experiments import Stitcher, baseline_rows
-from .models import NUM_STITCH_POINTS, build
+from .models import NUM_STITCH_POINTS, build, eval_mode
 from .stitching import OBJECTIVES, StitchJob
 from .store import ResultStore
-from .train import get_model
 
 EXPLORER_VERSION = 1
 CKA_BATCH = 500  # minibatch CKA over the test subset in chunks of about this many images (bounded memory)
@@ -186,13 +185,10 @@ def activation_cka(front, end, x: torch.Tensor, i: int, j: int) -> float:
     in eval mode, over chunks of about CKA_BATCH images (every chunk has at least 4)."""
     if len(x) < 4:
         raise ValueError(f"CKA needs at least 4 images, got {len(x)}")
-    was = front.training, end.training
-    front.eval(), end.eval()
     cka = metrics.MinibatchCKA()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(front, end):
         for xb in x.tensor_split(max(1, min(math.ceil(len(x) / CKA_BATCH), len(x) // 4))):
             cka.update(front.activations_upto(xb, i), end.activations_upto(xb, j))
-    front.train(was[0]), end.train(was[1])
     return cka.value()
 
 

@@ -22,7 +22,6 @@ The method, in the order this module implements it:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch.nn as nn
 
 from . import metrics
 from .data import ImageSet
-from .models import MODELS_VERSION, NUM_STITCH_POINTS, StitchableResNet
+from .models import MODELS_VERSION, NUM_STITCH_POINTS, StitchableResNet, eval_mode
 from .shortcuts import add_shortcut
 from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, predict, relative_error, result_row, train_stitches
 from .store import NO_CHECKPOINT, Checkpointer, ResultStore
@@ -155,9 +154,7 @@ def generate_iris(model: StitchableResNet, point: int, images: ImageSet | torch.
                              f"now {signature}): delete it or use another path")
         done = state["done"]
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in tqdm(starts[len(done["images"]):], desc=f"IRIs @{point}", disable=not progress,
                           initial=len(done["images"]), total=len(starts)):
             x = source[start:start + batch_size].to(device).float().div(255)
@@ -182,8 +179,6 @@ def generate_iris(model: StitchableResNet, point: int, images: ImageSet | torch.
             for key, value in zip(done, (quantised, initial, unquantised, final, norm, curve)):
                 done[key].append(value.cpu())
             checkpoint.save({"signature": signature, "done": done})
-    finally:
-        model.train(was_training)
 
     iri_images = torch.cat(done["images"]).to(source.device)
     data = images.with_images(iri_images) if isinstance(images, ImageSet) else iri_images
@@ -237,23 +232,9 @@ def iri_stitch_config(cfg: StitchConfig, bn_mode: str = "eval") -> StitchConfig:
     return dataclasses.replace(cfg, bn_mode=bn_mode, augment=False)
 
 
-@contextlib.contextmanager
-def _modes_kept(*roots: nn.Module):
-    """Restore every submodule's train/eval flag on exit. predict() hands a model back with .train(was),
-    which recurses into a StitchedModel's front and end; a fresh StitchedModel is in training mode, so
-    without this the frozen models would come back in training mode."""
-    saved = [(m, m.training) for root in roots for m in root.modules()]
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
-
-
 def score_stitch(model: nn.Module, test: ImageSet, end_logits: torch.Tensor, num_classes: int) -> dict:
     """Accuracy, agreement probability with the end model and chance-normalised agreement on `test`."""
-    with _modes_kept(model):
-        logits = predict(model, test)
+    logits = predict(model, test)
     agreement = metrics.agreement_probability(logits, end_logits)
     return {"accuracy": metrics.accuracy(logits, test.labels), "agreement": agreement,
             "chance_normalised_agreement": metrics.chance_normalised_agreement(agreement, num_classes)}
@@ -344,8 +325,7 @@ def excess_agreement_eval(stitched: nn.Module, end: nn.Module, test: ImageSet, k
     scores = {}
     for name, shift in (("agreement_correct", 0), ("agreement_shifted", 1)):
         marked = add_shortcut(test, kind, seed=seed, shift=shift)
-        with _modes_kept(stitched, end):
-            scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
+        scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
     scores["excess_agreement"] = metrics.excess_agreement(scores["agreement_correct"], scores["agreement_shifted"])
     return scores
 
@@ -384,17 +364,13 @@ def cka_per_point(front: StitchableResNet, end: StitchableResNet, data: ImageSet
     for p in points:
         if not isinstance(p, int) or not 0 <= p < NUM_STITCH_POINTS:
             raise IndexError(f"stitch point {p!r} is out of range: stitch points are 0..{NUM_STITCH_POINTS - 1}")
-    modes = front.training, end.training
-    front.eval(), end.eval()
-    try:
+    with eval_mode(front, end):
         if isinstance(data, Mapping):
             missing = [p for p in points if p not in data]
             if missing:
                 raise KeyError(f"no images for stitch point(s) {missing}")
             return {p: _point_cka(front, end, _images_of(data[p]), [p], batch_size)[p] for p in points}
         return _point_cka(front, end, _images_of(data), list(points), batch_size)
-    finally:
-        front.train(modes[0]), end.train(modes[1])
 
 
 def _images_of(data) -> torch.Tensor:

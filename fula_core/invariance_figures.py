@@ -19,6 +19,8 @@ import torch
 
 from . import attacks, invariance, metrics
 from .data import ImageSet
+from .models import eval_mode
+from .plots import select
 from .stitching import StitchConfig
 from .store import ResultStore, config_key
 
@@ -120,16 +122,12 @@ def autoattack_agreement(stitched, end, data: ImageSet, *, eps: float, n_iter: i
     robust accuracy and its agreement with the end model on those same examples (both in percent)."""
     device = next(end.parameters()).device
     data = data.to(device)
-    was = stitched.training, end.training
-    stitched.eval(), end.eval()
     s_logits, g_logits = [], []
-    try:
+    with eval_mode(stitched, end):
         for xb, yb in zip(data.images.float().div(255).split(batch_size), data.labels.split(batch_size)):
             adv = attacks.autoattack_rand(stitched, xb, yb, eps=eps, n_iter=n_iter, eot_iter=eot_iter)
             with torch.no_grad():
                 s_logits.append(stitched(adv).float()), g_logits.append(end(adv).float())
-    finally:
-        stitched.train(was[0]), end.train(was[1])
     s_logits, g_logits = torch.cat(s_logits), torch.cat(g_logits)
     return {"autoattack_accuracy": metrics.accuracy(s_logits, data.labels),
             "autoattack_agreement": metrics.agreement_probability(s_logits, g_logits)}
@@ -148,11 +146,7 @@ def deeper_half(points: Sequence[int]) -> tuple[int, ...]:
 
 def mean_where(df, column: str, **filters) -> float:
     """Mean of `column` over the rows matching every filter (a value, or a list/tuple/set of values)."""
-    mask = None
-    for name, value in filters.items():
-        hit = df[name].isin(value) if isinstance(value, (list, tuple, set)) else df[name] == value
-        mask = hit if mask is None else mask & hit
-    sub = df if mask is None else df[mask]
+    sub = select(df, **filters)
     if sub.empty:
         raise KeyError(f"no rows with {filters}")
     return float(sub[column].mean())

@@ -10,6 +10,8 @@ in the natural input box.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -169,6 +171,21 @@ def build(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) ->
     if num_classes < 2 or in_channels < 1 or width < 1:
         raise ValueError(f"need num_classes >= 2, in_channels >= 1, width >= 1; got {num_classes}, {in_channels}, {width}")
     return StitchableResNet(arch, num_classes, in_channels, width)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Run the given modules in eval mode; on exit every submodule gets back its own train/eval flag.
+    (module.train(was) would instead set the whole tree to the top module's flag, e.g. put the frozen front
+    and end of a fresh, training-mode stitched model into training mode.)"""
+    saved = [(m, m.training) for root in modules for m in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -7,11 +7,10 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
-from .store import atomic_write_text, config_key, file_lock
+from .store import config_key, update_json
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -55,9 +54,5 @@ def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pa
 
 
 def _record(profile: str, name: str, notebook: str, config, files: list[str]) -> None:
-    manifest = figures_dir(profile) / "MANIFEST.json"
-    with file_lock(manifest):  # notebooks running in parallel share the manifest
-        entries = json.loads(manifest.read_text()) if manifest.exists() else {}
-        entries[name] = {"notebook": notebook, "files": files,
-                         "config_hash": config_key(config) if config is not None else None}
-        atomic_write_text(manifest, json.dumps(entries, indent=1, sort_keys=True))
+    update_json(figures_dir(profile) / "MANIFEST.json", name,
+                {"notebook": notebook, "files": files, "config_hash": config_key(config) if config is not None else None})

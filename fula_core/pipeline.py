@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 
-from .config import PROFILES
 from . import paths
+from .config import PROFILES, get_profile
 from .paths import REPO
+from .store import ResultStore, update_json
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -100,13 +101,7 @@ def _timings_path(profile: str) -> pathlib.Path:
 
 
 def _record_timing(profile: str, name: str, seconds: float) -> None:
-    from .store import atomic_write_text, file_lock
-
-    path = _timings_path(profile)
-    with file_lock(path):  # parallel notebooks record into the same file
-        timings = json.loads(path.read_text()) if path.exists() else {}
-        timings[name] = round(seconds, 1)
-        atomic_write_text(path, json.dumps(timings, indent=1, sort_keys=True))
+    update_json(_timings_path(profile), name, round(seconds, 1))
 
 
 # Start order when no earlier run left timings: the quick profile's costs, longest first
@@ -123,7 +118,7 @@ def longest_first(selected: list[pathlib.Path], profile: str) -> list[pathlib.Pa
     return sorted(selected, key=lambda nb: rank.get(nb.name[:2], len(rank)))
 
 
-def _single_thread_env(threads: int) -> dict:
+def _thread_env(threads: int) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
@@ -135,7 +130,7 @@ def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: 
     """Run named commands, `jobs` at a time, each logging to log_dir/<name>.log; stop at the first failure."""
     log_dir.mkdir(parents=True, exist_ok=True)
     waiting, running = list(commands), {}
-    env = _single_thread_env(threads)
+    env = _thread_env(threads)
     while waiting or running:
         while waiting and len(running) < jobs:
             name = waiting.pop(0)
@@ -150,7 +145,7 @@ def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: 
             log.close()
             del running[name]
             if proc.returncode != 0:
-                for other, (p, lg, _) in running.items():
+                for p, lg, _ in running.values():
                     p.terminate(), p.wait(), lg.close()
                 tail = (log_dir / f"{name}.log").read_text().strip().splitlines()[-5:]
                 print("\n".join(tail), file=sys.stderr)
@@ -161,8 +156,6 @@ def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: 
 
 def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, device: str, jobs: int) -> None:
     """The zoo's missing base models first, then the notebooks, `jobs` processes at a time."""
-    from .config import get_profile
-    from .store import ResultStore
     from .zoo import missing_models
 
     threads = max(1, (os.cpu_count() or 1) // jobs)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .models import NUM_STITCH_POINTS
+from .models import NUM_STITCH_POINTS, eval_mode
 
 # ----------------------------------------------------------------------------------------------------
 # Names, colours and the layout of the paper's figures
@@ -468,12 +468,8 @@ def stitched_activation(model, x: torch.Tensor, point: int) -> torch.Tensor:
 
 @torch.no_grad()
 def end_activation(end, x: torch.Tensor, point: int) -> torch.Tensor:
-    was = end.training
-    end.eval()
-    try:
+    with eval_mode(end):
         return end.activations_upto(x, point)
-    finally:
-        end.train(was)
 
 
 def adversarial_cka(stitcher, job, spec, point: int = NUM_STITCH_POINTS - 1, batch_size: int = 500) -> float:

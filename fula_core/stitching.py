@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import attacks, metrics
 from .data import ImageSet, batches, steps_per_epoch
-from .models import NUM_STITCH_POINTS, StitchableResNet, freeze
+from .models import NUM_STITCH_POINTS, StitchableResNet, eval_mode, freeze
 from .store import NO_CHECKPOINT, Checkpointer
 
 STITCHING_VERSION = 1  # part of every cache key: bump when a change here alters trained stitches
@@ -295,14 +295,9 @@ class StitchedModel(nn.Module):
 
     @contextlib.contextmanager
     def _job_bn(self):
-        modes = [(m, m.training) for m in (self.front, self.end)]
-        self.front.eval(), self.end.eval()
-        try:
-            with swap_bn_state(self.front, self.front_bn), swap_bn_state(self.end, self.end_bn):
-                yield
-        finally:
-            for m, was_training in modes:
-                m.train(was_training)
+        with eval_mode(self.front, self.end), swap_bn_state(self.front, self.front_bn), \
+                swap_bn_state(self.end, self.end_bn):
+            yield
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._job_bn():
@@ -354,12 +349,9 @@ def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: St
     """Least-squares (DM) initialisation of every job's stitch on K training images, models in eval mode."""
     sample = data.take(cfg.lstsq_samples, seed=cfg.seed)
     x = sample.images.float() / 255
-    was = front.training, end.training
-    front.eval(), end.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(front, end):
         front_acts = [torch.cat(t) for t in zip(*(front.activations(xb) for xb in x.split(256)))]
         end_acts = [torch.cat(t) for t in zip(*(end.activations(xb) for xb in x.split(256)))]
-    front.train(was[0]), end.train(was[1])
     stitches = []
     for job in jobs:
         a, t = front_acts[job.front_point], end_acts[job.end_point]
@@ -583,14 +575,10 @@ def _own_forward(front, end, x, train_bn: bool, st: _Job):
 
 @torch.no_grad()
 def predict(model, data: ImageSet, batch_size: int = 500) -> torch.Tensor:
-    """Logits of `model` (eval mode) on every image of `data`."""
-    was = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
-        model.eval()
+    """Logits of `model` (eval mode, each submodule's mode restored afterwards) on every image of `data`."""
     device = data.images.device
-    out = [model(xb.float().div(255)) for xb in data.images.split(batch_size)]
-    if isinstance(model, nn.Module):
-        model.train(was)
+    with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+        out = [model(xb.float().div(255)) for xb in data.images.split(batch_size)]
     return torch.cat(out).float().to(device)
 
 

@@ -88,6 +88,15 @@ def atomic_write_text(path: pathlib.Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def update_json(path: pathlib.Path, key: str, value: Any) -> None:
+    """Set `key` of the JSON object in `path` (created if missing), locked and atomic: parallel runs share
+    such files (the figure manifest, the notebook timings)."""
+    with file_lock(path):
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        entries[key] = value
+        atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True))
+
+
 def safe_load(path: pathlib.Path) -> Any:
     """Load a checkpoint with weights_only=True (no code execution); a clear error if it is corrupt."""
     try:

@@ -32,28 +32,31 @@ def zoo_configs(profile: Profile, arch: str | None = None) -> dict[str, TrainCon
     return configs
 
 
+def all_zoo_configs(profile: Profile) -> dict[str, TrainConfig]:
+    """zoo_configs over every architecture of the profile; ids of other architectures than the first end in
+    ' <arch>'."""
+    return {mid + ("" if arch == profile.archs[0] else f" {arch}"): cfg
+            for arch in profile.archs for mid, cfg in zoo_configs(profile, arch).items()}
+
+
 def missing_models(profile: Profile, store: ResultStore) -> list[str]:
     """Ids of the zoo models (all architectures) not yet in the store, most expensive first."""
     import dataclasses
 
-    configs = {mid + ("" if arch == profile.archs[0] else f" {arch}"): cfg
-               for arch in profile.archs for mid, cfg in zoo_configs(profile, arch).items()}
+    configs = all_zoo_configs(profile)
     todo = [mid for mid, cfg in configs.items() if not store.has("model", dataclasses.asdict(cfg))]
-    # cost ~ images x epochs x (1 + PGD steps for robust models)
+    # cost ~ images x epochs x (1 + PGD steps for robust models); a whole training set counts as 60k images
     sizes = {mid: (configs[mid].train_subset or 60000) * configs[mid].epochs * (1 + configs[mid].robust * configs[mid].pgd_steps)
              for mid in todo}
     return sorted(todo, key=lambda mid: -sizes[mid])
 
 
 def _config_for(profile: Profile, model_id: str) -> TrainConfig:
-    """The TrainConfig of a zoo id; an id of another architecture ends in ' <arch>'."""
-    for arch in profile.archs:
-        suffix = "" if arch == profile.archs[0] else f" {arch}"
-        for mid, cfg in zoo_configs(profile, arch).items():
-            if mid + suffix == model_id:
-                return cfg
-    raise SystemExit(f"no zoo model {model_id!r} in profile {profile.name}: have "
-                     f"{', '.join(zoo_configs(profile))}")
+    """The TrainConfig of a zoo id (see all_zoo_configs); a clear error for an unknown one."""
+    configs = all_zoo_configs(profile)
+    if model_id not in configs:
+        raise SystemExit(f"no zoo model {model_id!r} in profile {profile.name}: have {', '.join(configs)}")
+    return configs[model_id]
 
 
 def evaluate_base_model(model, cfg: TrainConfig, profile: Profile, device, data_dir=None) -> dict:

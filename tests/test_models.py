@@ -61,3 +61,14 @@ def test_one_channel_input_with_odd_strides_trains():
     for _ in range(3):
         net(x).sum().backward()
     assert torch.allclose(net.eval()(x), net(x.clone(memory_format=torch.contiguous_format)))
+
+
+def test_eval_mode_restores_each_submodule_flag():
+    from fula_core.models import eval_mode
+
+    outer = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
+    outer.train()
+    outer[1].eval()  # a frozen part in eval mode inside a training module (a fresh stitched model's shape)
+    with eval_mode(outer):
+        assert not any(m.training for m in outer.modules())
+    assert outer.training and outer[0].training and not outer[1].training and not outer[1][0].training
