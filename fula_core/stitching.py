@@ -12,6 +12,12 @@ jobs that share a front and an end model and trains them in one pass over the da
 frozen model per batch serves every clean job. With train-mode BatchNorm (the paper's default: frozen
 weights, running statistics still updated) each job keeps its own copy of both models' running statistics
 and gets exactly the updates a separate run would.
+
+Which running statistics move in train-BN mode (the authors' loop, `freeze_bn_running_stats` in their
+code): the front's, from its forward on the batch the stitch sees, and the end model's layers after the
+stitch point, from the *stitched* forward only. The end model's own forward that computes the targets
+uses batch statistics but updates nothing, so g_{>j} estimates the statistics of the stitched model
+h = g_{>j} o T o f_{<=i} alone, as a stitched model trained in train mode would.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from .data import ImageSet, batches, steps_per_epoch
 from .models import NUM_STITCH_POINTS, StitchableResNet, eval_mode, freeze
 from .store import NO_CHECKPOINT, Checkpointer
 
-STITCHING_VERSION = 1  # part of every cache key: bump when a change here alters trained stitches
+STITCHING_VERSION = 2  # part of every cache key: bump when a change here alters trained stitches
+# 2: the end model's target forward no longer updates any job's running statistics (train-BN bookkeeping fix)
 
 OBJECTIVES = ("tlm", "hlm", "slm", "dm", "hint", "fula")
 TRAINED_OBJECTIVES = ("tlm", "hlm", "slm", "hint", "fula")
@@ -255,6 +262,27 @@ def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None):
     for m in layers:
         for n in names:
             setattr(m, n, next(it))
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved):
+            for n, t in zip(names, old):
+                setattr(m, n, t)
+
+
+@contextlib.contextmanager
+def batch_statistics_only(model: nn.Module):
+    """Train-mode BN forwards inside use their batch statistics and update no running buffer.
+
+    The buffers are detached from the layers for the block (BatchNorm then normalises with the batch
+    statistics and tracks nothing) and put back after: no copy, and num_batches_tracked stays put too.
+    """
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    layers = bn_layers(model)
+    saved = [[getattr(m, n) for n in names] for m in layers]
+    for m in layers:
+        for n in names:
+            setattr(m, n, None)
     try:
         yield
     finally:
@@ -547,11 +575,10 @@ def _shared_forward(front, end, x, train_bn: bool, clean_jobs: list[_Job]):
         if train_bn:
             with capture_bn_update(front) as front_up:
                 front_acts = front.activations(x)
-            with capture_bn_update(end) as end_up:
+            with batch_statistics_only(end):  # targets: batch statistics, no running update for any job
                 targets, end_logits = end.activations(x, with_logits=True)
             for st in clean_jobs:
                 apply_bn_update(front, st.front_bn, front_up)
-                apply_bn_update(end, st.end_bn, end_up)
         else:
             front_acts = front.activations(x)
             targets, end_logits = end.activations(x, with_logits=True)
@@ -564,7 +591,7 @@ def _own_forward(front, end, x, train_bn: bool, st: _Job):
     with torch.no_grad(), _autocast(x.device):
         with _job_bn_live(front, st.front_bn if train_bn else None):
             front_acts = front.activations(x)
-        with _job_bn_live(end, st.end_bn if train_bn else None):
+        with batch_statistics_only(end) if train_bn else contextlib.nullcontext():
             targets, end_logits = end.activations(x, with_logits=True)
     return front_acts, targets, end_logits
 

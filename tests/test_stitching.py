@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fula_core import data, models, stitching
+from fula_core import attacks, data, models, stitching
 from fula_core.stitching import StitchConfig, StitchJob
 from fula_core.store import Checkpointer
 
@@ -264,3 +264,111 @@ def test_evaluating_a_stitched_model_leaves_the_frozen_models_alone(pair, synthe
     assert not front.training and not end.training  # predict()'s model.train(was) must not reach them
     end(synthetic[1].images[:16].float() / 255)
     assert all(torch.equal(a, b) for a, b in zip(before, stitching.get_bn_state(end)))
+
+
+# --- train-BN bookkeeping against a hand-written emulation of the authors' loop ---------------------
+
+
+def _authors_loop(front, end, job: StitchJob, train: "data.ImageSet", cfg: StitchConfig):
+    """One stitch trained the way the authors' code does it, written out plainly: per batch, the end
+    model's targets with BN momentum 0 (batch statistics, no running update), then the stitched forward in
+    train mode: the front on the batch, T, and g_{>j}. PGD inputs (alpha = 1) are crafted first against the
+    stitched model in eval mode. Returns the trained stitch and both models' running buffers."""
+    import copy
+
+    front, end = copy.deepcopy(front), copy.deepcopy(end)
+    models.freeze(front), models.freeze(end)
+    (stitch,) = stitching.init_stitches(front, end, [job], train, cfg)
+    opt = torch.optim.Adam(stitch.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = data.steps_per_epoch(len(train), cfg.batch_size)
+    milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma)
+    attack_gen = torch.Generator().manual_seed(stitching._job_seed(cfg.seed, job))
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    i, j = job.front_point, job.end_point
+
+    def stitched(x):
+        return end.forward_from(stitch(front.activations_upto(x, i)), j)
+
+    for _ in range(cfg.epochs):
+        for x, y in data.batches(train, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
+                                 drop_last=True):
+            if job.alpha > 0:
+                front.eval(), end.eval()
+                x = attacks.pgd_linf(stitched, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step, steps=cfg.pgd_steps,
+                                     generator=attack_gen)
+            front.train(), end.train()
+            for m in stitching.bn_layers(end):  # the authors' freeze_bn_running_stats
+                m.momentum = 0.0
+            with torch.no_grad():
+                targets, end_logits = end.activations(x, with_logits=True)
+            for m in stitching.bn_layers(end):
+                m.momentum = 0.1
+            out = stitch(front.activations(x)[i])
+            if job.objective == "fula":
+                later = end.activations_from(out, j)
+                loss = stitching.fula_loss([out] + later, targets[j:])
+            elif job.objective == "hint":
+                loss = stitching.relative_error(out, targets[j])
+                with torch.no_grad():
+                    end.forward_from(out.detach(), j)
+            elif job.objective == "slm":
+                loss = stitching.slm_loss(end.forward_from(out, j), end_logits)
+            else:
+                loss = F.cross_entropy(end.forward_from(out, j), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step(), sched.step()
+    return stitch, front, end
+
+
+def _used_bn_layers(net, point, side):
+    """The BN layers a stitched model runs: the front's up to its stitch point, the end's after it."""
+    units = net.units[: net._point_unit[point] + 1] if side == "front" else [*net.units[net._point_unit[point] + 1:]]
+    return [m for u in units for m in u.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("job", [StitchJob(2, 2, "hint"), StitchJob(4, 4, "fula"), StitchJob(6, 6, "slm"),
+                                 StitchJob(3, 3, "tlm", alpha=1.0)], ids=lambda j: j.name)
+def test_train_bn_statistics_match_the_authors_loop(pair, synthetic, job):
+    """A job's running statistics (and its stitch) are what the authors' loop produces: the end model's
+    target forward leaves every running buffer alone; g_{>j} sees only stitched activations."""
+    front, end = pair
+    train = synthetic[0].take(128)
+    cfg = dataclasses.replace(CFG, epochs=2, augment=False, pgd_steps=2)
+    (outcome,) = stitching.train_stitches(front, end, [job], train, cfg, progress=False)
+    stitch_ref, front_ref, end_ref = _authors_loop(front, end, job, train, cfg)
+
+    for side, net, ref, state in (("front", front, front_ref, outcome.front_bn), ("end", end, end_ref, outcome.end_bn)):
+        point = job.front_point if side == "front" else job.end_point
+        # the job's buffers, laid into a copy of the model, side by side with the emulation's
+        import copy
+
+        mine = copy.deepcopy(net)
+        stitching.set_bn_state(mine, state)
+        used_mine, used_ref = _used_bn_layers(mine, point, side), _used_bn_layers(ref, point, side)
+        assert used_mine, f"no BN layer used on the {side} side"
+        for a, b in zip(used_mine, used_ref):
+            torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)
+    # the end layers after the stitch point moved away from the end model's own statistics
+    moved = [not torch.allclose(a.running_mean, b.running_mean)
+             for a, b in zip(_used_bn_layers(end_ref, job.end_point, "end"), _used_bn_layers(end, job.end_point, "end"))]
+    assert any(moved)
+    for k, v in stitch_ref.state_dict().items():
+        torch.testing.assert_close(outcome.stitch_state[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_target_forward_updates_no_running_statistics(pair):
+    """batch_statistics_only: a train-mode forward uses batch statistics but leaves every buffer as it was."""
+    _, end = pair
+    before = stitching.get_bn_state(end)
+    x = torch.rand(16, 3, 16, 16)
+    end.train()
+    with torch.no_grad(), stitching.batch_statistics_only(end):
+        out = end(x)
+    end.eval()
+    for a, b in zip(before, stitching.get_bn_state(end)):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        assert not torch.allclose(out, end(x))  # batch statistics, not the running ones, were used
