@@ -44,6 +44,7 @@ OBJECTIVES = ("tlm", "hlm", "slm", "dm", "hint", "fula")
 TRAINED_OBJECTIVES = ("tlm", "hlm", "slm", "hint", "fula")
 BN_MODES = ("train", "eval")
 REDUCTIONS = ("batch", "sample")
+LSTSQ_SOLVERS = ("exact", "authors")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -61,6 +62,9 @@ class StitchConfig:
     lr_milestones: tuple[float, ...] = (1 / 3, 2 / 3)  # fractions of training; LR x lr_gamma at each
     lr_gamma: float = 0.1
     lstsq_samples: int = 100  # K images for the least-squares init: 100 in paper 1, 500 in the authors' code
+    # "exact": float64 normal equations, every singular value kept; "authors": their float32
+    # torch.linalg.pinv of the design matrix with its default cutoff (drops small singular values)
+    lstsq_solver: str = "exact"
     bn_mode: str = "train"  # "train": frozen weights, running statistics updated (paper); "eval": untouched
     fula_reduction: str = "batch"  # "batch": norms over the mini-batch tensor (authors' code); "sample": Eq. 5
     augment: bool = True  # the base models' crop (+ flip) augmentation
@@ -68,6 +72,7 @@ class StitchConfig:
     pgd_eps: float = 8 / 255  # adversarial stitching (alpha > 0): PGD against the stitched model
     pgd_step: float = 2 / 255
     pgd_steps: int = 10
+    pgd_random_start: bool = False  # the authors' code starts PGD at the clean image
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +80,8 @@ class StitchConfig:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.fula_reduction not in REDUCTIONS:
             raise ValueError(f"fula_reduction must be one of {REDUCTIONS}, got {self.fula_reduction!r}")
+        if self.lstsq_solver not in LSTSQ_SOLVERS:
+            raise ValueError(f"lstsq_solver must be one of {LSTSQ_SOLVERS}, got {self.lstsq_solver!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.lstsq_samples < 1:
             raise ValueError("epochs must be >= 0, batch_size and lstsq_samples >= 1")
 
@@ -145,11 +152,15 @@ class Stitch(nn.Module):
         return self.conv(a)
 
 
-def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor, solver: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares affine map from front to end activations, over every pixel of K samples.
 
     Solves min_{W,b} sum_pixels ||W a + b - t||^2 with the Moore-Penrose pseudo-inverse of the design
-    matrix [a, 1] (via its normal equations, in float64: the Gram matrix is only (C+1)^2).
+    matrix [a, 1]. solver="exact" goes through its normal equations in float64 (the Gram matrix is only
+    (C+1)^2) and keeps every direction; solver="authors" reproduces the authors' code, a float32
+    torch.linalg.pinv of the design matrix itself with its default cutoff, which drops the singular values
+    below max(rows, cols) * eps * the largest (up to 27 of 65 at the 32x32 points of a width-64 ResNet with
+    K = 500): a lower-rank start for the stitch.
 
     Args:
         front_act: [K, C_in, H, W] (already resized to the end's resolution).
@@ -168,7 +179,12 @@ def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor) -> tuple[torch.Te
     x = front_act.permute(0, 2, 3, 1).reshape(-1, c_in).double()
     x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
     y = end_act.permute(0, 2, 3, 1).reshape(-1, c_out).double()
-    solution = torch.linalg.pinv(x.T @ x, hermitian=True) @ (x.T @ y)  # [C_in + 1, C_out]
+    if solver == "authors":
+        solution = (torch.linalg.pinv(x.float()) @ y.float()).double()
+    elif solver == "exact":
+        solution = torch.linalg.pinv(x.T @ x, hermitian=True) @ (x.T @ y)  # [C_in + 1, C_out]
+    else:
+        raise ValueError(f"solver must be one of {LSTSQ_SOLVERS}, got {solver!r}")
     weight = solution[:-1].T.reshape(c_out, c_in, 1, 1).to(front_act.dtype)
     bias = solution[-1].to(front_act.dtype)
     return weight, bias
@@ -388,7 +404,7 @@ def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: St
             if not cfg.resize:
                 stitch(a[:1])  # raises the clear resolution error
             a = F.interpolate(a, size=stitch.out_size, mode="bilinear", align_corners=False)
-        weight, bias = lstsq_init(a, t)
+        weight, bias = lstsq_init(a, t, cfg.lstsq_solver)
         with torch.no_grad():
             stitch.conv.weight.copy_(weight), stitch.conv.bias.copy_(bias)
         stitches.append(stitch)
@@ -448,7 +464,7 @@ def _train_batch(front, end, running: list[tuple[int, _Job]], stitched_eval: dic
             model = stitched_eval[n]
             model.front_bn, model.end_bn = st.front_bn, st.end_bn
             x_adv[n] = attacks.pgd_linf(model, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
-                                        steps=cfg.pgd_steps, generator=st.gen)
+                                        steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
     # 2. one front and one end forward on the clean batch for every job that trains on clean inputs
     clean_targets = _shared_forward(front, end, x, train_bn, [st for _, st in running if st.job.alpha < 1])
     # 3. each job's stitched forward(s), loss and step

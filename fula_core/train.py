@@ -22,7 +22,8 @@ from .data import ImageSet, batches, load, steps_per_epoch
 from .models import MODELS_VERSION, StitchableResNet, build
 from .store import NO_CHECKPOINT, Checkpointer, CorruptCheckpointError, ResultStore, config_key
 
-TRAIN_VERSION = 1  # part of every cache key: bump when a change here alters trained weights
+TRAIN_VERSION = 2  # part of every cache key: bump when a change here alters trained weights
+ADV_MODES = ("loss_mix", "replace")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,17 @@ class TrainConfig:
     pgd_eps: float = 8 / 255
     pgd_step: float = 2 / 255
     pgd_steps: int = 10
+    pgd_random_start: bool = False  # the authors' code starts PGD at the clean image (Madry et al.: random start)
+    # how adversarial examples enter a batch: "loss_mix" = paper 1's Eq. 4, (1 - a) CE(x) + a CE(x_adv) on every
+    # image; "replace" = the authors' code, a random share a of the batch replaced by its PGD examples
+    adv_mode: str = "loss_mix"
+    nesterov: bool = True  # the authors' SGD uses Nesterov momentum
     shortcut: str | None = None  # train with this shortcut marker pasted in (cross-bias front, paper 2)
     code_version: tuple[int, int] = (MODELS_VERSION, TRAIN_VERSION)
+
+    def __post_init__(self):
+        if self.adv_mode not in ADV_MODES:
+            raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {self.adv_mode!r}")
 
     @property
     def robust(self) -> bool:
@@ -69,7 +79,8 @@ def train_model(cfg: TrainConfig, train_data: ImageSet, device="cpu", *, checkpo
     if device != "cpu" and torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     data = (train_data.take(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else train_data).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov)
     steps = steps_per_epoch(len(data), cfg.batch_size)
     milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma)
@@ -90,16 +101,26 @@ def train_model(cfg: TrainConfig, train_data: ImageSet, device="cpu", *, checkpo
         loss_sum = torch.zeros((), device=device)
         for x, y in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
                                    drop_last=True):
-            if cfg.robust:
-                # craft in eval mode: the attack must not move the running statistics
+            pgd = dict(eps=cfg.pgd_eps, step_size=cfg.pgd_step, steps=cfg.pgd_steps,
+                       random_start=cfg.pgd_random_start, generator=attack_gen)
+            if cfg.robust and cfg.adv_mode == "replace":
+                # the authors' way: a random share adv_alpha of the batch is replaced by its PGD examples
+                # (crafted in eval mode: the attack must not move the running statistics)
+                chosen = torch.randperm(len(x), generator=attack_gen, device=attack_gen.device)[
+                    : round(cfg.adv_alpha * len(x))].to(x.device)
                 model.eval()
-                x_adv = attacks.pgd_linf(model, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
-                                         steps=cfg.pgd_steps, generator=attack_gen)
+                x = x.index_copy(0, chosen, attacks.pgd_linf(model, x[chosen], y[chosen], **pgd))
+            elif cfg.robust:
+                model.eval()
+                x_adv = attacks.pgd_linf(model, x, y, **pgd)
             model.train()
             with amp:
-                loss = F.cross_entropy(model(x).float(), y) if cfg.adv_alpha < 1 else 0.0
-                if cfg.robust:
-                    loss = (1 - cfg.adv_alpha) * loss + cfg.adv_alpha * F.cross_entropy(model(x_adv).float(), y)
+                if cfg.robust and cfg.adv_mode == "loss_mix":  # paper 1, Eq. 4
+                    loss = F.cross_entropy(model(x_adv).float(), y) * cfg.adv_alpha
+                    if cfg.adv_alpha < 1:
+                        loss = loss + (1 - cfg.adv_alpha) * F.cross_entropy(model(x).float(), y)
+                else:
+                    loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -295,7 +295,7 @@ def _authors_loop(front, end, job: StitchJob, train: "data.ImageSet", cfg: Stitc
                                  drop_last=True):
             if job.alpha > 0:
                 front.eval(), end.eval()
-                x = attacks.pgd_linf(stitched, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step, steps=cfg.pgd_steps,
+                x = attacks.pgd_linf(stitched, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step, steps=cfg.pgd_steps, random_start=cfg.pgd_random_start,
                                      generator=attack_gen)
             front.train(), end.train()
             for m in stitching.bn_layers(end):  # the authors' freeze_bn_running_stats
@@ -372,3 +372,21 @@ def test_target_forward_updates_no_running_statistics(pair):
         assert torch.equal(a, b)
     with torch.no_grad():
         assert not torch.allclose(out, end(x))  # batch statistics, not the running ones, were used
+
+
+def test_authors_lstsq_solver_drops_small_singular_values():
+    """solver="authors" (float32 pinv with its default cutoff) equals the exact solution on a well-conditioned
+    problem and differs from it where the design matrix has tiny singular values."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 5, 4, 4, generator=g)
+    t = F.conv2d(a, torch.randn(3, 5, 1, 1, generator=g), torch.randn(3, generator=g))
+    for x, y in zip(stitching.lstsq_init(a, t, "exact"), stitching.lstsq_init(a, t, "authors")):
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4)
+    # a nearly collinear channel: the exact solve uses it, the authors' cutoff does not
+    a2 = torch.cat([a, a[:, :1] + 1e-7 * torch.randn(30, 1, 4, 4, generator=g)], dim=1)
+    t2 = t + 1e-7 * a2[:, 5:6]
+    w_exact, _ = stitching.lstsq_init(a2, t2, "exact")
+    w_authors, _ = stitching.lstsq_init(a2, t2, "authors")
+    assert not torch.allclose(w_exact, w_authors, atol=1e-2)
+    with pytest.raises(ValueError, match="lstsq_solver"):
+        StitchConfig(lstsq_solver="svd")

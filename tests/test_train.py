@@ -20,13 +20,33 @@ def test_clean_training_learns(sets):
     assert acc > 80, acc  # 4 classes: chance is 25
 
 
-def test_adversarial_training_is_more_robust(sets):
+@pytest.mark.parametrize("adv_mode", train.ADV_MODES)
+def test_adversarial_training_is_more_robust(sets, adv_mode):
+    """Both ways of mixing PGD examples in (paper 1's Eq. 4 loss mix, the authors' batch replacement) buy
+    robustness over clean training."""
     eps = dict(pgd_eps=0.15, pgd_step=0.05, pgd_steps=3)
     clean = train.train_model(dataclasses.replace(TINY, **eps), sets[0], progress=False)
-    robust = train.train_model(dataclasses.replace(TINY, adv_alpha=0.5, **eps), sets[0], progress=False)
+    robust = train.train_model(dataclasses.replace(TINY, adv_alpha=0.5, adv_mode=adv_mode, **eps), sets[0], progress=False)
     x, y = sets[1].images.float() / 255, sets[1].labels
     rob = [attacks.robust_accuracy(m, x, y, attack="pgd", eps=0.15, step_size=0.05, steps=5) for m in (clean, robust)]
     assert rob[1] > rob[0], rob
+
+
+def test_replace_mode_attacks_a_share_of_the_batch(sets, monkeypatch):
+    """adv_mode="replace": PGD runs on round(alpha * batch) images of each batch, not on all of them."""
+    seen = []
+    real = attacks.pgd_linf
+
+    def spy(model, x, y, **kw):
+        seen.append(len(x))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(attacks, "pgd_linf", spy)
+    cfg = dataclasses.replace(TINY, epochs=1, adv_alpha=0.25, adv_mode="replace", pgd_steps=1)
+    train.train_model(cfg, sets[0], progress=False)
+    assert seen and set(seen) == {16}  # a quarter of each 64-image batch
+    with pytest.raises(ValueError, match="adv_mode"):
+        train.TrainConfig(dataset="synthetic", adv_mode="half")
 
 
 def test_get_model_caches_and_resumes(sets, tmp_path):
