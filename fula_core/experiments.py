@@ -30,15 +30,20 @@ class DataSpec:
     split: str = "train"
     subset: int | None = None  # a fixed random subset of this many images (seeded)
     first_classes: int | None = None  # only samples of the first k classes (class-subset testbed)
+    # with both: False = `subset` images drawn from the first k classes (the same count for every k); True =
+    # the subset is drawn from the whole set first, then its images of the first k classes kept (count ~ k)
+    subset_first: bool = False
     shortcut: str | None = None  # shortcuts.SHORTCUT_KINDS
     shift: int = 0  # marker of class y + shift (1 = shifted markers, for excess agreement)
     seed: int = 0
 
     def load(self, device="cpu", data_dir=None) -> ImageSet:
         data = load(self.dataset, self.split, root=data_dir)
+        if self.subset is not None and self.subset_first:
+            data = data.take(self.subset, seed=self.seed)
         if self.first_classes is not None:
             data = data.first_classes(self.first_classes)
-        if self.subset is not None:
+        if self.subset is not None and not self.subset_first:
             data = data.take(self.subset, seed=self.seed)
         if self.shortcut is not None:
             from .shortcuts import add_shortcut

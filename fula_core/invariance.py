@@ -350,13 +350,14 @@ def _point_cka(front, end, images: torch.Tensor, points: Sequence[int], batch_si
 
 
 def cka_per_point(front: StitchableResNet, end: StitchableResNet, data: ImageSet | Mapping[int, IRIs | ImageSet],
-                  points: Sequence[int], batch_size: int = 256) -> dict[int, float]:
+                  points: Sequence[int], batch_size: int = 128) -> dict[int, float]:
     """Minibatch linear CKA between f_{<=l} and g_{<=l} at every stitch point l in `points`.
 
     Args:
         data: one image set for every point (real test images), or a mapping point -> images for that
             point alone (each point's IRIs).
-        batch_size: CKA minibatch size (at least 4).
+        batch_size: CKA minibatch size (at least 4; the authors' 128 by default: the minibatch estimator's
+            value depends on it).
     Returns {point: CKA}. Both models are used in eval mode and left as they were.
     """
     if batch_size < 4:

@@ -2,7 +2,13 @@
 
 Model ids follow the paper: "<dataset>_<seed>" for clean models, "<dataset>_<seed> robust" for Madry-AT
 ones. Same-task stitching pairs end <end>_0 with front <end>_1; cross-task pairs end <end>_0 with front
-<cross>_0.
+<cross>_0. Table 1 lists these six models for every architecture of the profile (18 at `paper`).
+
+Paper 2's testbeds (notebook 05) need more fronts, one per front seed s of the profile (the authors: 1, 2,
+3), all of the main architecture: "<end>_s" (cross-seed; the clean front of the adversarial testbed),
+"<end>_s robust", "<cross>_s" (the shortcut testbed's front), "<end>_s cross-bias" (trained with class
+markers) and "<end>_s simclr" (self-supervised). They are part of the zoo too, so `run_all.sh` trains every
+model before any notebook starts.
 
     python -m fula_core.zoo --profile quick      # trains (or loads) the zoo and prints Table 1
 """
@@ -32,23 +38,82 @@ def zoo_configs(profile: Profile, arch: str | None = None) -> dict[str, TrainCon
     return configs
 
 
-def all_zoo_configs(profile: Profile) -> dict[str, TrainConfig]:
-    """zoo_configs over every architecture of the profile; ids of other architectures than the first end in
-    ' <arch>'."""
+def table1_configs(profile: Profile) -> dict[str, TrainConfig]:
+    """zoo_configs over every architecture of the profile (the rows of Table 1); ids of other architectures
+    than the first end in ' <arch>'."""
     return {mid + ("" if arch == profile.archs[0] else f" {arch}"): cfg
             for arch in profile.archs for mid, cfg in zoo_configs(profile, arch).items()}
 
 
+def simclr_config(profile: Profile, seed: int):
+    """The SimCLR (cross-supervision) front of paper 2 with front seed `seed`."""
+    from .simclr import SimCLRConfig
+
+    return SimCLRConfig(dataset=profile.end_dataset, arch=profile.archs[0], width=profile.base.width, seed=seed,
+                        epochs=profile.simclr_epochs, train_subset=profile.simclr_train_subset)
+
+
+def paper2_configs(profile: Profile) -> dict[str, object]:
+    """Model id -> config (TrainConfig, or SimCLRConfig for the self-supervised fronts) of every front that
+    paper 2's testbeds use, one set per front seed (see the module docstring)."""
+    end, cross = profile.end_dataset, profile.cross_dataset
+    configs: dict[str, object] = {}
+    for s in (profile.seeds[0], *profile.iri_front_seeds):  # the robust end model and the robust fronts
+        configs[paper2_robust_id(profile, s)] = paper2_robust_config(profile, s)
+    for s in profile.iri_front_seeds:
+        configs[f"{end}_{s}"] = profile.train_config(end, s)
+        configs[f"{cross}_{s}"] = profile.train_config(cross, s)
+        configs[f"{end}_{s} cross-bias"] = profile.train_config(end, s, shortcut=profile.cross_bias_shortcut,
+                                                                **profile.cross_bias_overrides)
+        configs[f"{end}_{s} simclr"] = simclr_config(profile, s)
+    return configs
+
+
+def paper2_robust_config(profile: Profile, seed: int) -> TrainConfig:
+    """A robust model of paper 2's adversarial testbed, adversarially trained as `profile.paper2_adv_mode` says."""
+    return profile.train_config(profile.end_dataset, seed, robust=True, adv_mode=profile.paper2_adv_mode)
+
+
+def paper2_robust_id(profile: Profile, seed: int) -> str:
+    """Its zoo id: paper 1's "<end>_<seed> robust" when both papers share the model, else a suffix says how
+    it was trained."""
+    same = profile.paper2_adv_mode == profile.base.adv_mode
+    return f"{profile.end_dataset}_{seed} robust" + ("" if same else f" ({profile.paper2_adv_mode} AT)")
+
+
+def all_zoo_configs(profile: Profile) -> dict[str, object]:
+    """Every model any notebook of the profile trains: Table 1 (all architectures) and paper 2's fronts."""
+    return {**table1_configs(profile), **paper2_configs(profile)}
+
+
+def _store_kind(cfg) -> str:
+    return "model" if isinstance(cfg, TrainConfig) else "simclr_model"
+
+
+def get_zoo_model(store: ResultStore, cfg, device, *, data_dir=None, progress: bool = True):
+    """The trained model of a zoo config (supervised or SimCLR), from the store or trained now."""
+    if isinstance(cfg, TrainConfig):
+        return get_model(store, cfg, device, data_dir=data_dir, progress=progress)
+    from .simclr import get_simclr_model
+
+    return get_simclr_model(store, cfg, device, data_dir=data_dir, progress=progress)
+
+
+def _cost(cfg) -> float:
+    """Relative training cost: images x epochs x (1 + PGD steps for robust models); a whole training set
+    counts as 60k images, a SimCLR epoch as two views (2 forwards and backwards per image)."""
+    if isinstance(cfg, TrainConfig):
+        return (cfg.train_subset or 60000) * cfg.epochs * (1 + cfg.robust * cfg.pgd_steps)
+    return (cfg.train_subset or 60000) * cfg.epochs * 2
+
+
 def missing_models(profile: Profile, store: ResultStore) -> list[str]:
-    """Ids of the zoo models (all architectures) not yet in the store, most expensive first."""
+    """Ids of the zoo models (all architectures, paper 2's fronts) not yet in the store, dearest first."""
     import dataclasses
 
     configs = all_zoo_configs(profile)
-    todo = [mid for mid, cfg in configs.items() if not store.has("model", dataclasses.asdict(cfg))]
-    # cost ~ images x epochs x (1 + PGD steps for robust models); a whole training set counts as 60k images
-    sizes = {mid: (configs[mid].train_subset or 60000) * configs[mid].epochs * (1 + configs[mid].robust * configs[mid].pgd_steps)
-             for mid in todo}
-    return sorted(todo, key=lambda mid: -sizes[mid])
+    todo = [mid for mid, cfg in configs.items() if not store.has(_store_kind(cfg), dataclasses.asdict(cfg))]
+    return sorted(todo, key=lambda mid: -_cost(configs[mid]))
 
 
 def _config_for(profile: Profile, model_id: str) -> TrainConfig:
@@ -75,20 +140,15 @@ def evaluate_base_model(model, cfg: TrainConfig, profile: Profile, device, data_
     }
 
 
-def build_zoo(profile: Profile, store: ResultStore, device, *, arch: str | None = None, data_dir=None,
-              progress: bool = True) -> dict:
-    """Train or load every model of the zoo; returns model id -> model."""
-    return {mid: get_model(store, cfg, device, data_dir=data_dir, progress=progress)
-            for mid, cfg in zoo_configs(profile, arch).items()}
-
-
 def zoo_table(profile: Profile, store: ResultStore, device, *, arch: str | None = None, data_dir=None,
               progress: bool = True):
-    """Table 1: one row per base model (cached evaluation, keyed like everything else)."""
+    """Table 1: one row per base model of `arch` (default: every architecture of the profile), with a cached
+    evaluation keyed like everything else."""
     import pandas as pd
 
     rows = []
-    for model_id, cfg in zoo_configs(profile, arch).items():
+    configs = zoo_configs(profile, arch) if arch else table1_configs(profile)
+    for model_id, cfg in configs.items():
         started = time.time()
         model = get_model(store, cfg, device, data_dir=data_dir, progress=progress)
         eval_key = {"model": cfg, "clean_on": "whole test set", "robust_eval_subset": profile.robust_eval_subset,
@@ -112,12 +172,12 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     store = ResultStore(f"{args.cache}/{profile.name}" if args.cache else cache_dir(profile.name))
     if args.only or args.train_only:
-        for mid in args.only or list(zoo_configs(profile)):
+        for mid in args.only or list(all_zoo_configs(profile)):
             cfg = _config_for(profile, mid)
             t = time.time()
-            model = get_model(store, cfg, device)
+            model = get_zoo_model(store, cfg, device)
             print(mid, f"trained/loaded in {time.time() - t:.0f}s", flush=True)
-            if not args.train_only:
+            if not args.train_only and isinstance(cfg, TrainConfig):
                 print(evaluate_base_model(model, cfg, profile, device), flush=True)
         return
     print(zoo_table(profile, store, device).to_string(index=False))

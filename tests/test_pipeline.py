@@ -57,7 +57,8 @@ def test_file_lock_serialises_read_modify_write_across_processes(tmp_path):
 def test_missing_models_lists_untrained_zoo_models_dearest_first(tmp_path):
     profile = get_profile("quick")
     missing = zoo.missing_models(profile, ResultStore(tmp_path))
-    assert sorted(missing) == sorted(zoo.zoo_configs(profile))
+    assert sorted(missing) == sorted(zoo.all_zoo_configs(profile))
+    assert {"digits_1", "fashion_mnist_1 cross-bias", "fashion_mnist_1 simclr"} <= set(missing)  # paper 2 fronts
     assert missing[:2] == ["fashion_mnist_0", "fashion_mnist_1"]  # 60k images x 6 epochs beat 10k x 4 x PGD-3
     with pytest.raises(SystemExit, match="no zoo model 'nope'"):
         zoo._config_for(profile, "nope")
@@ -75,3 +76,14 @@ def test_published_notebooks_lose_progress_bars_but_keep_returned_widgets():
     nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("prose")])
     assert pipeline.drop_progress_bars(nb) == 1
     assert [o.output_type for o in nb.cells[0].outputs] == ["stream", "execute_result"]
+
+
+def test_paper_zoo_lists_all_table1_models_and_paper2_fronts():
+    """Table 1 at `paper` has the 6 models of each of the 3 architectures; paper 2's fronts (seeds 1-3) come on top."""
+    profile = get_profile("paper")
+    assert len(zoo.table1_configs(profile)) == 18
+    extra = zoo.paper2_configs(profile)
+    assert {f"cifar10_{s} {kind}" for s in (1, 2, 3) for kind in ("robust (replace AT)", "cross-bias", "simclr")} <= set(extra)
+    assert {"ls_imagenet10_1", "ls_imagenet10_2", "ls_imagenet10_3", "cifar10_0 robust (replace AT)"} <= set(extra)
+    assert extra["cifar10_2 robust (replace AT)"].adv_mode == "replace"  # paper 2 follows the authors' code
+    assert len(zoo.all_zoo_configs(profile)) == 18 + len(extra) - 1  # cifar10_1 is in both
