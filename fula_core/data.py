@@ -7,8 +7,10 @@ and so that a whole set can live on the accelerator during training.
 Data sets (FuLA paper, Sec. 3 and App. A.1):
 
 * ``cifar10``        -- CIFAR-10, 3x32x32, the paper's main data set.
-* ``ls_imagenet10``  -- "LS-ImageNet-10": 10 ImageNet classes at 32x32. The paper sampled its 10 classes at
-                        random and does not name them; ours are fixed in ``ls_imagenet10_classes.txt``.
+* ``ls_imagenet10``  -- "LS-ImageNet-10": 10 ImageNet classes at 32x32. The paper only says they were sampled
+                        at random; we use the authors' ten (their ``data/ls_imagenet10.txt``), listed with
+                        their devkit indices in ``ls_imagenet10_classes.txt``, and their downscaling of
+                        full-size images (Resize(32), then CenterCrop(32)).
 * ``fashion_mnist``  -- Fashion-MNIST, 1x28x28; an offline end-model task (readable from a Debian package).
 * ``digits``         -- scikit-learn's 8x8 handwritten digits upsampled to 1x28x28; an offline, different
                         task for the front model in cross-task stitching into a Fashion-MNIST end model.
@@ -349,7 +351,9 @@ def _load_ls_imagenet10(root: pathlib.Path, split: str):
     """Ten ImageNet classes at 32x32 RGB, from either of two layouts under the data set folder, which is
     `root` itself or `root/ls_imagenet10`:
 
-    (a) image folders `train/<wnid>/*.{png,jpg,jpeg}` and `val/<wnid>/...` (any size; resized to 32x32);
+    (a) image folders `train/<wnid>/*.{png,jpg,jpeg}` and `val/<wnid>/...`: full-size ImageNet files or
+        the authors' 32x32 PNGs, any size and mode, brought to 32x32 RGB as the authors' data script does
+        (`_downscale_as_authors`);
     (b) downsampled ImageNet ("Imagenet32", Chrabaszcz et al. 2017) batches `train_data_batch_1..10` and
         `val_data`: pickled dicts (or .npz) with 'data' uint8 [N, 3*32*32] channel-major and 'labels'
         1-based in the ILSVRC map_clsloc.txt order; only our 10 classes are kept.
@@ -372,8 +376,25 @@ def _load_ls_imagenet10(root: pathlib.Path, split: str):
         f"to point at it; the class list is {LS_IMAGENET10_CLASS_FILE}.")
 
 
+def _downscale_as_authors(img):
+    """One PIL image -> uint8 [3, 32, 32], as the authors' data/generate_ls_imagenet.py makes LS-ImageNet:
+    Resize(32) (shorter side to 32 pixels, aspect ratio kept, bilinear with PIL's antialiasing), then
+    CenterCrop(32). Their script resizes each file in its own mode and only afterwards goes to RGB (CMYK in
+    the script, greyscale when their ImageFolder loader reads the saved PNG), so we resize greyscale and CMYK
+    files as such too. Palette and 1-bit files are converted to RGB first, because PIL would resize them by
+    nearest neighbour only (a case the ImageNet JPEGs do not raise). A 32x32 file, e.g. one of the authors'
+    saved PNGs, passes unchanged (PIL returns a copy when the size already matches)."""
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
+
+    if img.mode in ("P", "PA", "1"):
+        img = img.convert("RGB")
+    small = Compose([Resize(32, interpolation=InterpolationMode.BILINEAR), CenterCrop(32)])(img).convert("RGB")
+    return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+
+
 def _read_image_folders(split_dir: pathlib.Path, classes):
-    """Layout (a): one folder per wnid; every image converted to RGB and resized to 32x32 if needed."""
+    """Layout (a): one folder per wnid; labels follow the class file's (wnid-sorted) order, files are read in
+    name order within a class."""
     from PIL import Image
 
     images, labels = [], []
@@ -387,11 +408,7 @@ def _read_image_folders(split_dir: pathlib.Path, classes):
             raise DataNotFoundError(f"{split_dir / wnid} holds no .png/.jpg/.jpeg images")
         for path in files:
             with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (32, 32):
-                    # Box filtering averages every source pixel into the small image (no aliasing).
-                    img = img.resize((32, 32), Image.Resampling.BOX)
-                images.append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+                images.append(_downscale_as_authors(img))
             labels.append(label)
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), [n for _, _, n in classes]
 

@@ -239,45 +239,90 @@ def test_synthetic_is_deterministic_and_learnable():
 # LS-ImageNet-10
 # ---------------------------------------------------------------------------------------------------
 
-def test_class_file_lists_ten_distinct_classes():
-    assert len(CLASSES) == 10
-    assert len({w for w, _, _ in CLASSES}) == 10 and len({i for _, i, _ in CLASSES}) == 10
+# The authors' ten wnids (their data/ls_imagenet10.txt) with their map_clsloc.txt indices, as cross-checked
+# in two public copies of that file (see the class file's header).
+AUTHORS_CLASSES = {"n03379051": 784, "n03424325": 971, "n04026417": 939, "n02091831": 66, "n01978455": 614,
+                   "n02804414": 296, "n02089973": 207, "n07715103": 738, "n02974003": 563, "n04127249": 586}
+
+
+def test_class_file_is_the_authors_ten_in_wnid_order():
+    assert [(w, i) for w, i, _ in CLASSES] == sorted(AUTHORS_CLASSES.items())  # labels = rank in wnid order
+    assert [n for _, _, n in CLASSES][:3] == ["rock_crab", "English_foxhound", "Saluki"]
     for wnid, index, name in CLASSES:
         assert wnid.startswith("n") and len(wnid) == 9 and wnid[1:].isdigit()
         assert 1 <= index <= 1000 and name
 
 
-def write_image_folders(root, per_class=2):
-    """Layout (a): <root>/{train,val}/<wnid>/ with a 32x32 PNG and a larger .JPEG per class."""
-    expected = {}
-    for split in ("train", "val"):
+def authors_downscale(path):
+    """What the authors' data script stores for a file, decoded as their ImageFolder loader reads it:
+    torchvision's Resize(32) + CenterCrop(32) on the image in its own mode, then RGB."""
+    from torchvision import transforms
+
+    with Image.open(path) as img:
+        small = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32)])(img)
+        return np.asarray(small.convert("RGB")).transpose(2, 0, 1)
+
+
+def write_image_folders(root):
+    """Layout (a): <root>/{train,val}/<wnid>/ holding, per class, a 32x32 PNG (as the authors' script saves
+    them) and full-size, non-square ImageNet-style .JPEG files in RGB, greyscale (L) and CMYK, plus a
+    non-image file. Returns, per folder split, the (file, label) pairs in the order they must be read."""
+    rng = np.random.default_rng(0)
+    written = {}
+    for split, per_class_shapes in (("train", [(75, 120), (140, 90), (64, 64)]), ("val", [(50, 80)])):
         rows = []
         for label, (wnid, _, _) in enumerate(CLASSES):
             folder = root / split / wnid
             folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = np.full((32, 32, 3), (label * 20, i * 50, 7), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.png")
-                rows.append((pixels.transpose(2, 0, 1), label))
-            # A full-size JPEG with the upper-case extension ImageNet uses: it must be found and resized.
-            Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(folder / f"{wnid}_big.JPEG")
+            small = np.full((32, 32, 3), (label * 20, 50, 7), dtype=np.uint8)
+            Image.fromarray(small).save(folder / f"{wnid}_0.png")
+            files = [folder / f"{wnid}_0.png"]
+            for i, (h, w) in enumerate(per_class_shapes):
+                mode = ("RGB", "L", "CMYK")[(label + i) % 3]
+                pixels = rng.integers(0, 256, (h, w, len(mode)), dtype=np.uint8)
+                img = Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode)
+                img.save(folder / f"{wnid}_{i + 1}.JPEG", quality=90)  # the upper-case extension ImageNet uses
+                files.append(folder / f"{wnid}_{i + 1}.JPEG")
             (folder / "notes.txt").write_text("not an image")
-        expected[split] = rows
-    return expected
+            rows += [(path, label) for path in files]
+        written[split] = rows
+    return written
 
 
-def test_ls_imagenet10_image_folders(tmp_path):
-    expected = write_image_folders(tmp_path / "ls_imagenet10")
+def test_ls_imagenet10_image_folders_downscale_as_the_authors(tmp_path):
+    written = write_image_folders(tmp_path / "ls_imagenet10")
     for split, folder_split in (("train", "train"), ("test", "val")):
         ds = data.load("ls_imagenet10", split, root=tmp_path)  # finds <root>/ls_imagenet10
-        assert ds.images.shape == (30, 3, 32, 32) and ds.classes == tuple(n for _, _, n in CLASSES)
-        assert ds.labels.bincount().tolist() == [3] * 10
-        # Files are read sorted per class: <wnid>_0.png, <wnid>_1.png, <wnid>_big.JPEG.
-        for label in range(10):
-            got = ds.images[ds.labels == label]
-            for i in range(2):
-                assert torch.equal(got[i], torch.from_numpy(expected[folder_split][label * 2 + i][0]))
-            assert (got[2].int() - 200).abs().max() <= 2  # resized JPEG, allowing for compression
+        rows = written[folder_split]
+        assert ds.images.shape == (len(rows), 3, 32, 32) and ds.images.dtype == torch.uint8
+        assert ds.classes == tuple(n for _, _, n in CLASSES)
+        # labels in class-file (wnid) order, files in name order within a class
+        assert ds.labels.tolist() == [label for _, label in rows]
+        for got, (path, label) in zip(ds.images, rows):
+            if path.suffix == ".png":  # the authors' stored 32x32 PNGs pass unchanged
+                assert (got == torch.tensor([label * 20, 50, 7], dtype=torch.uint8).view(3, 1, 1)).all()
+            assert np.array_equal(got.numpy(), authors_downscale(path)), path.name
+
+
+def test_ls_imagenet10_resize_keeps_aspect_and_crops_the_centre(tmp_path):
+    """Independent of torchvision: a 64x160 image whose central 80 columns are red and whose outer columns are
+    blue becomes 32x80 (shorter side 32), and its central 32 columns (source columns 48..112, 8 pixels inside
+    the red band) are pure red; squashing the whole width into 32 pixels would bring in the blue."""
+    pixels = np.zeros((64, 160, 3), np.uint8)
+    pixels[..., 2] = 255
+    pixels[:, 40:120] = (255, 0, 0)
+    grey = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None], (1, 100))  # a vertical ramp, 64x100
+    for label, (wnid, _, _) in enumerate(CLASSES):
+        for split in ("train", "val"):
+            (tmp_path / split / wnid).mkdir(parents=True)
+            Image.fromarray(pixels).save(tmp_path / split / wnid / "wide.png")
+            Image.fromarray(grey, "L").save(tmp_path / split / wnid / "ramp.png")
+    ds = data.load("ls_imagenet10", "train", root=tmp_path)
+    ramp, wide = ds.images[0], ds.images[1]  # "ramp.png" < "wide.png"
+    assert (wide == torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)).all()
+    # a greyscale file becomes three equal channels; the ramp's full height is kept (top dark, bottom bright)
+    assert torch.equal(ramp[0], ramp[1]) and torch.equal(ramp[0], ramp[2])
+    assert ramp[0, 0].float().mean() < 10 and ramp[0, -1].float().mean() > 245
 
 
 def test_ls_imagenet10_missing_class_folder(tmp_path):
@@ -324,6 +369,17 @@ def test_ls_imagenet10_downsampled_batches(tmp_path, npz):
         assert len(ds) == len(kept[split])
         assert ds.labels.tolist() == [label for _, label in kept[split]]
         assert np.array_equal(ds.images.numpy(), np.stack([img for img, _ in kept[split]]))
+
+
+def test_ls_imagenet10_batch_labels_are_the_devkit_indices(tmp_path):
+    """Raw Imagenet32 labels 784 (football helmet), 66 (Saluki), 1 (kit fox, not ours), 614 (rock crab) and
+    586 (safety pin) become our labels 5, 2, dropped, 0, 8."""
+    images = np.arange(5, dtype=np.uint8).repeat(3 * 32 * 32).reshape(5, -1)
+    with open(tmp_path / "val_data", "wb") as f:
+        pickle.dump({"data": images, "labels": [784, 66, 1, 614, 586]}, f, protocol=2)
+    ds = data.load("ls_imagenet10", "test", root=tmp_path)
+    assert ds.labels.tolist() == [5, 2, 0, 8]
+    assert ds.images[:, 0, 0, 0].tolist() == [0, 1, 3, 4]
 
 
 def test_ls_imagenet10_missing_explains_both_layouts(tmp_path):
