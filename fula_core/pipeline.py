@@ -72,8 +72,16 @@ _ACCEPTED = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,
 def _type_error(name: str, value: object, declared: dict, notebook: str) -> str | None:
     """Why `value` does not fit the notebook's declared parameter, or None when it does (or the declared type
     is one papermill could not infer, e.g. a default of None)."""
+    annotation = str(declared.get("inferred_type_name", "None"))
+    if annotation == "None":  # no annotation: papermill gives none, the default's type is the declaration
+        try:
+            annotation = type(ast.literal_eval(str(declared.get("default")))).__name__
+        except (ValueError, SyntaxError):
+            return None
+        if annotation == "NoneType":
+            return None
     allowed = []
-    for part in str(declared.get("inferred_type_name", "None")).replace("Optional[", "").rstrip("]").split("|"):
+    for part in annotation.replace("Optional[", "").rstrip("]").split("|"):
         part = part.strip()
         if part == "None":
             if value is None:
@@ -88,7 +96,7 @@ def _type_error(name: str, value: object, declared: dict, notebook: str) -> str 
         return None
     hint = "quote it, e.g. --param " + f"{name}='\"{value}\"'" if "str" in allowed else f"e.g. --param {name}={declared.get('default')}"
     return (f"--param {name}={value!r}: {notebook} declares {name} as {' | '.join(allowed)} (default "
-            f"{declared.get('default')}), got a {type(value).__name__}; {hint}")
+            f"{declared.get('default')}), got {value!r} of type {type(value).__name__}; {hint}")
 
 
 def _check_parameters(selected: list[pathlib.Path], parameters: dict) -> None:
