@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import warnings
 from typing import Any, Callable
@@ -81,6 +82,19 @@ def _umask() -> int:
     return mask
 
 
+def _out_of_space(err: BaseException, folder: pathlib.Path) -> bool:
+    """Whether a failed write ran out of disk: an ENOSPC / EDQUOT OSError, or any error (torch.save reports
+    a full disk as RuntimeError "file write failed") while the disk has less than 1 MiB free."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, Exception):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
 def _atomic_write(path: pathlib.Path, write: Callable[[Any], None], mode: str) -> None:
     """write(file) into a temp file beside `path`, fsync, then rename over it: never a torn file.
 
@@ -99,9 +113,9 @@ def _atomic_write(path: pathlib.Path, write: Callable[[Any], None], mode: str) -
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OSError(err.errno, f"no space left on the disk holding {path.parent} (writing {path.name}; "
-                                     f"{os.strerror(err.errno)}): free space there, or move the output root "
+        if _out_of_space(err, path.parent):
+            raise OSError(errno.ENOSPC, f"no space left on the disk holding {path.parent} (writing {path.name}; "
+                                     f"{type(err).__name__}: {err}): free space there, or move the output root "
                                      f"(--output-root / FULA_OUTPUT_DIR) or the cache (FULA_CACHE_DIR) to a "
                                      f"disk with room, then rerun to resume") from err
         raise

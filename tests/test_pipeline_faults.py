@@ -193,6 +193,11 @@ def test_killed_run_resumes_to_the_same_results(checkout):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode != 0
+    for _ in range(20):  # one notebook runs in the runner itself: its kernel goes too
+        if not _processes_with(f"FULA_REPO={checkout['copy']}"):
+            break
+        time.sleep(0.5)
+    assert _processes_with(f"FULA_REPO={checkout['copy']}") == []
     assert not (killed / "results" / "smoke" / "table1_base_models.csv").exists()
     done = subprocess.run(command + [str(killed)], env=_env(checkout), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr

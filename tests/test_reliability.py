@@ -311,3 +311,18 @@ def test_train_stitches_names_the_model_with_the_wrong_channel_count(part):
     front, end = (three, one) if part == "front" else (one, three)
     with pytest.raises(ValueError, match=f"the {part} model takes 3 channels"):
         stitching.train_stitches(front, end, [StitchJob(4, 4, "fula")], _tiny_set(1, [0, 1]), progress=False)
+
+
+def test_a_full_disk_reported_by_torch_as_runtime_error_says_no_space_left(tmp_path, monkeypatch):
+    """torch.save reports a failed write as RuntimeError('... file write failed'); with the disk full it is
+    the same advice."""
+    def write(f):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError, match="no space left") as err:
+        store._atomic_write(tmp_path / "k.pt", write, "wb")
+    assert "file write failed" in str(err.value)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="file write failed"):  # with room on the disk: the error itself
+        store._atomic_write(tmp_path / "k.pt", write, "wb")
