@@ -28,6 +28,7 @@ import os
 import pathlib
 import pickle
 import re
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,11 @@ LS_IMAGENET10_CLASS_FILE = pathlib.Path(__file__).with_name("ls_imagenet10_class
 class DataNotFoundError(FileNotFoundError):
     """A data set's files are not on disk and could not be fetched; the message says where we looked
     and how to get them."""
+
+
+class CorruptDataError(ValueError):
+    """A data file that is there but damaged (truncated, not the expected format); the message names it and
+    how to replace it."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -292,18 +298,29 @@ def _find_idx_pair(folder: pathlib.Path, split: str):
 def _read_idx(path: pathlib.Path) -> np.ndarray:
     """Read an idx file (the MNIST format): 2 zero bytes, a type code, the number of dimensions, then the
     big-endian int32 sizes and the raw data. Only unsigned-byte data (type 0x08) occurs in (Fashion-)MNIST."""
+    fix = _IDX_FIX.format(path=path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # a truncated .gz (EOFError), not gzip at all (BadGzipFile)...
+        raise CorruptDataError(f"{path} cannot be read ({type(err).__name__}: {err}): the file is damaged or "
+                                f"truncated. {fix}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file (header {raw[:4].hex()})")
+        raise CorruptDataError(f"{path} is not an unsigned-byte idx file (header {raw[:4].hex()}). {fix}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise CorruptDataError(f"{path} ends inside its header: the file is truncated. {fix}")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
-        raise ValueError(f"{path}: header promises {shape} = {math.prod(shape)} values, file holds {data.size}; "
-                         f"the file is probably truncated")
+        raise CorruptDataError(f"{path}: header promises {shape} = {math.prod(shape)} values, file holds "
+                                f"{data.size}; the file is truncated. {fix}")
     return data.reshape(shape)
+
+
+_IDX_FIX = ("Delete {path} and fetch it again (torchvision.datasets.FashionMNIST(root, download=True)), or "
+            "reinstall the Debian package (apt-get install --reinstall dataset-fashion-mnist) if it is one of its files.")
 
 
 # --- scikit-learn digits ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ in the natural input box.
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import torch
 import torch.nn as nn
@@ -168,6 +169,10 @@ def build(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) ->
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"models.build: {name} must be an integer, got {value!r}")
+    num_classes, in_channels, width = int(num_classes), int(in_channels), int(width)
     if num_classes < 2 or in_channels < 1 or width < 1:
         raise ValueError(f"need num_classes >= 2, in_channels >= 1, width >= 1; got {num_classes}, {in_channels}, {width}")
     return StitchableResNet(arch, num_classes, in_channels, width)

@@ -1,9 +1,17 @@
 """Where things go, and the one helper that saves figures and tidy tables.
 
-  cache/<profile>/            trained models, stitches, evaluations (config-hashed, see store.py)
-  figures/<profile>/          fig04_....png/.pdf + MANIFEST.json (figure -> notebook, config hash)
-  results/<profile>/          tidy CSV tables
-  executed/<profile>/         notebooks as papermill ran them
+Everything a run writes lives under one output root: the repository itself by default, or
+$FULA_OUTPUT_DIR (`./run_all.sh --output-root DIR`), so that a read-only checkout can run:
+
+  <root>/cache/<profile>/     trained models, stitches, evaluations (config-hashed, see store.py);
+                              $FULA_CACHE_DIR moves the cache alone
+  <root>/figures/<profile>/   fig04_....png/.pdf + MANIFEST.json (figure -> notebook, config hash)
+  <root>/results/<profile>/   tidy CSV tables
+  <root>/executed/<profile>/  notebooks as papermill ran them, logs/ of parallel runs, timings.json
+
+A relative path in these variables means relative to the directory the run was started from: the runner
+makes them absolute before it starts any worker (a notebook kernel runs in notebooks/, and would otherwise
+read them from there).
 """
 from __future__ import annotations
 
@@ -14,17 +22,34 @@ from .store import config_key, update_json
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+# Environment variables naming folders; the runner makes each absolute before starting workers
+PATH_VARIABLES = ("FULA_OUTPUT_DIR", "FULA_CACHE_DIR", "FULA_DATA_DIR")
+
+
+def _env_path(variable: str) -> pathlib.Path | None:
+    value = os.environ.get(variable)
+    return pathlib.Path(value).expanduser().absolute() if value else None
+
+
+def output_root() -> pathlib.Path:
+    """$FULA_OUTPUT_DIR, else the repository."""
+    return _env_path("FULA_OUTPUT_DIR") or REPO
+
 
 def cache_dir(profile: str) -> pathlib.Path:
-    return pathlib.Path(os.environ.get("FULA_CACHE_DIR", REPO / "cache")) / profile
+    return (_env_path("FULA_CACHE_DIR") or output_root() / "cache") / profile
 
 
 def figures_dir(profile: str) -> pathlib.Path:
-    return REPO / "figures" / profile
+    return output_root() / "figures" / profile
 
 
 def results_dir(profile: str) -> pathlib.Path:
-    return REPO / "results" / profile
+    return output_root() / "results" / profile
+
+
+def executed_dir(profile: str) -> pathlib.Path:
+    return output_root() / "executed" / profile
 
 
 def save_figure(fig, name: str, *, profile: str, notebook: str, config=None) -> pathlib.Path:

@@ -8,22 +8,29 @@ On a CPU, `--jobs 2` (the default there) runs two single-threaded notebooks at a
 machine two 1-thread torch processes do ~1.3x the work of one 2-thread process (small convolutions
 scale badly across threads). The zoo's base models are trained first, `jobs` at a time, so that no two
 notebooks train the same model; the notebooks then start longest first (by the last run's timings).
+
+The runner makes the path variables absolute (paths.PATH_VARIABLES), puts this checkout first on the
+workers' and kernels' PYTHONPATH and sets FULA_REPO, which fula_core checks at import: every process of a
+run uses this checkout's code. Each worker runs in its own process group; a TERM (timeout, a job scheduler)
+or Ctrl-C of the runner terminates every group and waits for them, so no orphan keeps writing.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
 import time
+import warnings
 
 from . import paths
 from .config import PROFILES, get_profile
 from .paths import REPO
-from .store import ResultStore, update_json
+from .store import ResultStore, read_json_object, update_json
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -45,10 +52,51 @@ def parse_param(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise SystemExit(f"--param {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
+    if key in RUNNER_OWNED:
+        raise SystemExit(f"--param {key}=...: {key} is set by the runner; use {RUNNER_OWNED[key]} {value} instead")
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+# Notebook parameters the runner sets itself, with the option that sets them: a --param for one of these
+# would, e.g., run the paper profile but file it under executed/smoke.
+RUNNER_OWNED = {"profile": "--profile", "device": "--device"}
+
+# papermill's inferred type name -> the Python types a value for it may have (ints are fine for floats)
+_ACCEPTED = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
+             "tuple": (tuple, list), "dict": (dict,)}
+
+
+def _type_error(name: str, value: object, declared: dict, notebook: str) -> str | None:
+    """Why `value` does not fit the notebook's declared parameter, or None when it does (or the declared type
+    is one papermill could not infer, e.g. a default of None)."""
+    annotation = str(declared.get("inferred_type_name", "None"))
+    if annotation == "None":  # no annotation: papermill gives none, the default's type is the declaration
+        try:
+            annotation = type(ast.literal_eval(str(declared.get("default")))).__name__
+        except (ValueError, SyntaxError):
+            return None
+        if annotation == "NoneType":
+            return None
+    allowed = []
+    for part in annotation.replace("Optional[", "").rstrip("]").split("|"):
+        part = part.strip()
+        if part == "None":
+            if value is None:
+                return None
+            continue
+        if part not in _ACCEPTED:
+            return None  # an annotation we do not model: let the notebook judge
+        allowed.append(part)
+    if not allowed:
+        return None
+    if any(isinstance(value, _ACCEPTED[t]) and not (isinstance(value, bool) and t != "bool") for t in allowed):
+        return None
+    hint = "quote it, e.g. --param " + f"{name}='\"{value}\"'" if "str" in allowed else f"e.g. --param {name}={declared.get('default')}"
+    return (f"--param {name}={value!r}: {notebook} declares {name} as {' | '.join(allowed)} (default "
+            f"{declared.get('default')}), got {value!r} of type {type(value).__name__}; {hint}")
 
 
 def _check_parameters(selected: list[pathlib.Path], parameters: dict) -> None:
@@ -60,6 +108,34 @@ def _check_parameters(selected: list[pathlib.Path], parameters: dict) -> None:
         if unknown:
             raise SystemExit(f"{nb.name} has no parameter(s) {', '.join(sorted(unknown))}; "
                              f"it declares: {', '.join(declared)}")
+        for name, value in parameters.items():
+            problem = _type_error(name, value, declared[name], nb.name)
+            if problem:
+                raise SystemExit(problem)
+
+
+class Terminated(SystemExit):
+    """The runner received SIGTERM / SIGHUP: unwinds like Ctrl-C, so that every worker is stopped first."""
+
+
+def _on_termination(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean-up, even if the signal is sent again
+    raise Terminated(128 + signum)
+
+
+def prepare_environment(invoked_from: str | None = None) -> None:
+    """Make this process's environment one that every worker and kernel inherits unchanged: absolute paths
+    (a relative one would be read from the repository by some processes and from notebooks/ by the kernels),
+    this checkout first on PYTHONPATH, and FULA_REPO for fula_core's import check."""
+    base = pathlib.Path(invoked_from or os.environ.get("FULA_INVOKED_FROM") or os.getcwd())
+    for variable in paths.PATH_VARIABLES:
+        value = os.environ.get(variable)
+        if value:
+            os.environ[variable] = str(base / pathlib.Path(value).expanduser())
+    os.environ.pop("FULA_INVOKED_FROM", None)
+    os.environ["FULA_REPO"] = str(REPO)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *rest])
 
 
 def run(profile: str, only: list[str] | None = None, params: dict | None = None, device: str = "auto",
@@ -68,7 +144,10 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
 
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
-    out_dir = REPO / "executed" / profile
+    for name in params or {}:
+        if name in RUNNER_OWNED:
+            raise SystemExit(f"--param {name}: {name} is set by the runner; use {RUNNER_OWNED[name]} instead")
+    out_dir = paths.executed_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"profile": profile, "device": device, **(params or {})}
     selected = notebooks(only)
@@ -97,11 +176,12 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
 
 
 def _timings_path(profile: str) -> pathlib.Path:
-    return REPO / "executed" / profile / "timings.json"
+    return paths.executed_dir(profile) / "timings.json"
 
 
 def _record_timing(profile: str, name: str, seconds: float) -> None:
-    update_json(_timings_path(profile), name, round(seconds, 1))
+    # the timings only order the next run's notebooks: a corrupt file is replaced, with a warning
+    update_json(_timings_path(profile), name, round(seconds, 1), on_corrupt="reset")
 
 
 # Start order when no earlier run left timings: the quick profile's costs, longest first
@@ -111,7 +191,10 @@ DEFAULT_ORDER = ("01", "05", "04", "02", "00", "03", "06")
 def longest_first(selected: list[pathlib.Path], profile: str) -> list[pathlib.Path]:
     """Notebooks ordered by the last run's wall time (longest first), else by DEFAULT_ORDER."""
     path = _timings_path(profile)
-    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings = read_json_object(path, on_corrupt="reset")
+    if not all(isinstance(v, (int, float)) for v in timings.values()):
+        warnings.warn(f"ignoring {path}: its values are not seconds")
+        timings = {}
     if all(nb.name in timings for nb in selected):
         return sorted(selected, key=lambda nb: -timings[nb.name])
     rank = {n: i for i, n in enumerate(DEFAULT_ORDER)}
@@ -126,32 +209,90 @@ def _thread_env(threads: int) -> dict:
     return env
 
 
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Terminate a worker's whole process group (the worker and what it started), wait for the worker, then
+    kill whatever of the group is left. A notebook kernel runs in a session of its own but exits as soon as
+    its worker is gone (ipykernel watches its parent)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        if wait is not None:
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+    proc.wait()
+
+
+# A Python exception line ("ValueError: ...", "fula_core.store.CorruptCheckpointError: ...") or the
+# worker pipeline's own "[fula] FAILED: ..." line
+_ERROR_LINE = re.compile(r"^(\[fula\] FAILED|[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b)")
+
+
+def failure_excerpt(log_text: str, max_lines: int = 40) -> str:
+    """The part of a failed worker's log that says what went wrong: from its last error line to the end,
+    whole (a long message names the file and the fix), else the last 5 lines."""
+    lines = log_text.rstrip().splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith("[fula] FAILED")]
+    errors = [i for i, line in enumerate(lines) if _ERROR_LINE.match(line)]
+    if failed:  # a notebook worker: its own summary names the notebook, the cell and the exception
+        first = failed[0]
+    elif errors:  # a training worker: the exception that ended its traceback
+        first = errors[-1]
+    else:
+        first = max(0, len(lines) - 5)
+    return "\n".join(lines[first:first + max_lines])
+
+
+def _failure_advice(returncode: int) -> str:
+    """Whether rerunning helps: after a kill (signal, out of memory) it resumes; after an error it would fail
+    the same way until its cause is fixed."""
+    if returncode < 0 or returncode in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
+        sig = -returncode if returncode < 0 else returncode - 128
+        return (f"it was killed (signal {sig}, e.g. out of memory or a timeout); the cache keeps everything "
+                f"finished: rerun to resume")
+    return "fix the error above, then rerun: the cache keeps everything finished, the rerun will not redo it"
+
+
+def run_log_dir(profile: str) -> pathlib.Path:
+    """This run's log folder: executed/<profile>/logs/<start time>-<pid>, so concurrent runs keep their own."""
+    return paths.executed_dir(profile) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
 def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: pathlib.Path, what: str) -> None:
-    """Run named commands, `jobs` at a time, each logging to log_dir/<name>.log; stop at the first failure."""
+    """Run named commands, `jobs` at a time, each logging to log_dir/<name>.log; stop at the first failure.
+    On any exit other than success (a failure, Ctrl-C, SIGTERM) every running worker is stopped first."""
     log_dir.mkdir(parents=True, exist_ok=True)
     waiting, running = list(commands), {}
     env = _thread_env(threads)
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            name = waiting.pop(0)
-            log = open(log_dir / f"{name}.log", "w")
-            print(f"[fula] {what} {name} ... (log: {log.name})", flush=True)
-            running[name] = (subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                              cwd=REPO), log, time.time())
-        time.sleep(1)
-        for name, (proc, log, started) in list(running.items()):
-            if proc.poll() is None:
-                continue
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name = waiting.pop(0)
+                log = open(log_dir / f"{name}.log", "w")
+                print(f"[fula] {what} {name} ... (log: {log.name})", flush=True)
+                running[name] = (subprocess.Popen(commands[name], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                  cwd=REPO, start_new_session=True), log, time.time())
+            time.sleep(1)
+            for name, (proc, log, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if proc.returncode != 0:
+                    log_path = log_dir / f"{name}.log"
+                    print(failure_excerpt(log_path.read_text(errors="replace")), file=sys.stderr)
+                    raise SystemExit(f"[fula] FAILED: {what} {name} (exit {proc.returncode}); full log: {log_path}; "
+                                     f"{_failure_advice(proc.returncode)}")
+                print(f"[fula] {what} {name} done in {time.time() - started:.0f}s", flush=True)
+    finally:
+        if running:
+            print(f"[fula] stopping {len(running)} running worker(s): {', '.join(running)}", file=sys.stderr, flush=True)
+        for proc, log, _ in running.values():
+            _stop(proc)
             log.close()
-            del running[name]
-            if proc.returncode != 0:
-                for p, lg, _ in running.values():
-                    p.terminate(), p.wait(), lg.close()
-                tail = (log_dir / f"{name}.log").read_text().strip().splitlines()[-5:]
-                print("\n".join(tail), file=sys.stderr)
-                raise SystemExit(f"[fula] FAILED: {what} {name} (exit {proc.returncode}); full log: "
-                                 f"{log_dir / f'{name}.log'}; the cache keeps everything finished, rerun to resume")
-            print(f"[fula] {what} {name} done in {time.time() - started:.0f}s", flush=True)
 
 
 def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, device: str, jobs: int) -> None:
@@ -159,7 +300,7 @@ def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, devic
     from .zoo import missing_models
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    log_dir = REPO / "executed" / profile / "logs"
+    log_dir = run_log_dir(profile)
     missing = missing_models(get_profile(profile), ResultStore(paths.cache_dir(profile)))
     if missing:
         _run_pool({mid: [sys.executable, "-m", "fula_core.zoo", "--profile", profile, "--device", device,
@@ -210,7 +351,7 @@ def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
         raise SystemExit("--publish applies to the quick (notebooks/) and smoke (tests/smoke_notebooks/) runs")
     written = []
     for nb_path in notebooks(only):
-        executed = REPO / "executed" / profile / nb_path.name
+        executed = paths.executed_dir(profile) / nb_path.name
         if not executed.exists():
             raise SystemExit(f"{executed} does not exist: run ./run_all.sh --profile {profile} first")
         nb = nbformat.read(executed, as_version=4)
@@ -249,15 +390,23 @@ def main(argv=None) -> None:
                         help="override a notebook parameter (must be declared in every selected notebook)")
     parser.add_argument("--jobs", default="auto",
                         help="notebooks run at a time (auto: 2 on a multi-core CPU, 1 with CUDA)")
+    parser.add_argument("--output-root", metavar="DIR",
+                        help="write executed/, figures/, results/ and (unless FULA_CACHE_DIR is set) cache/ under DIR "
+                             "instead of the repository, e.g. for a read-only checkout (same as FULA_OUTPUT_DIR)")
     parser.add_argument("--publish", action="store_true",
                         help="afterwards copy the executed notebooks into notebooks/ (quick) or tests/smoke_notebooks/ (smoke)")
     args = parser.parse_args(argv)
+    if args.output_root:
+        os.environ["FULA_OUTPUT_DIR"] = args.output_root
+    prepare_environment()
+    signal.signal(signal.SIGTERM, _on_termination)
+    signal.signal(signal.SIGHUP, _on_termination)
     started = time.time()
     run(args.profile, args.only, dict(parse_param(p) for p in args.param), args.device, resolve_jobs(args.jobs, args.device))
     if args.publish:
         for path in publish(args.profile, args.only):
             print(f"[fula] published {path.relative_to(REPO)}")
-    print(f"[fula] all done in {time.time() - started:.0f}s; figures in figures/{args.profile}/")
+    print(f"[fula] all done in {time.time() - started:.0f}s; figures in {paths.figures_dir(args.profile)}/")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -82,8 +83,15 @@ class StitchConfig:
             raise ValueError(f"fula_reduction must be one of {REDUCTIONS}, got {self.fula_reduction!r}")
         if self.lstsq_solver not in LSTSQ_SOLVERS:
             raise ValueError(f"lstsq_solver must be one of {LSTSQ_SOLVERS}, got {self.lstsq_solver!r}")
+        for name in ("epochs", "batch_size", "lstsq_samples", "pgd_steps", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise TypeError(f"StitchConfig.{name} must be an integer, got {getattr(self, name)!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.lstsq_samples < 1:
             raise ValueError("epochs must be >= 0, batch_size and lstsq_samples >= 1")
+        if not self.lr > 0:  # (also catches NaN)
+            raise ValueError(f"StitchConfig.lr must be > 0, got {self.lr!r}")
+        if not all(0 < m < 1 for m in self.lr_milestones):
+            raise ValueError(f"StitchConfig.lr_milestones are fractions of training, each in (0, 1); got {self.lr_milestones!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,11 @@ class StitchJob:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        for name in ("front_point", "end_point"):  # NumPy integers are points too; True is not
+            k = getattr(self, name)
+            if not _is_int(k):
+                raise TypeError(f"{name} must be an integer stitch point 0..{NUM_STITCH_POINTS - 1}, got {k!r}")
+            object.__setattr__(self, name, int(k))
         for name, k in (("front_point", self.front_point), ("end_point", self.end_point)):
             if not isinstance(k, int) or not 0 <= k < NUM_STITCH_POINTS:
                 raise IndexError(f"{name}={k!r} is out of range: stitch points are 0..{NUM_STITCH_POINTS - 1}")
@@ -121,9 +134,16 @@ class StitchJob:
         return f"{self.objective}{w}[{self.front_point}->{self.end_point}]a{self.alpha:g}"
 
 
+def _is_int(value) -> bool:
+    """An integer (Python or NumPy), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_weights(weights: Sequence[float], n_terms: int) -> None:
     if len(weights) != n_terms:
         raise ValueError(f"need {n_terms} FuLA weights (stitch point + later points), got {len(weights)}")
+    if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in weights):
+        raise ValueError(f"fula_weights must be finite numbers, got {tuple(weights)}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"FuLA weights must be non-negative with a positive sum, got {tuple(weights)}")
 
@@ -511,6 +531,7 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
         return []
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("duplicate stitch jobs: each (front, end, objective, alpha, weights) once")
+    _check_inputs(front, end, jobs, data, init_data)
     device = next(front.parameters()).device
     freeze(front), freeze(end)
     data, init_data = data.to(device), (init_data or data).to(device)
@@ -565,6 +586,22 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
     for n, st in active:
         outcomes[n] = StitchOutcome(st.job, _stitch_state(st.stitch), st.front_bn, st.end_bn, st.losses, st.error)
     return outcomes  # type: ignore[return-value]
+
+
+def _check_inputs(front, end, jobs: Sequence[StitchJob], data: ImageSet, init_data: ImageSet | None) -> None:
+    """Errors that name the mismatched part, instead of a shape error deep inside a convolution or a loss."""
+    for images in (data, init_data or data):
+        channels = images.images.shape[1]
+        for part, model in (("front", front), ("end", end)):
+            expected = getattr(model, "in_channels", None)
+            if expected is not None and channels != expected:
+                raise ValueError(f"{images.name} has {channels}-channel images but the {part} model takes "
+                                 f"{expected} channels: stitch models of the same input kind")
+    uses_labels = any(j.objective == "tlm" or j.alpha > 0 for j in jobs)  # TLM's loss and PGD use labels
+    classes = getattr(end, "num_classes", None)
+    if uses_labels and classes is not None and len(data) and int(data.labels.max()) >= classes:
+        raise ValueError(f"{data.name} has label {int(data.labels.max())}, outside the end model's "
+                         f"{classes} classes: train on the end model's task (or data.first_classes(k))")
 
 
 @contextlib.contextmanager

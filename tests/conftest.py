@@ -10,3 +10,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    # slow: whole runs through ./run_all.sh (seconds to minutes); ./run_tests.sh (and CI) runs them too,
+    # `-m "not slow"` leaves them out while iterating
+    config.addinivalue_line("markers", "slow: a whole run through ./run_all.sh; deselect with -m 'not slow'")
