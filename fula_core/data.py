@@ -17,7 +17,9 @@ Data sets (FuLA paper, Sec. 3 and App. A.1):
 * ``synthetic``      -- a tiny generated set for unit tests.
 
 Augmentation follows the paper's recipe (random crop with zero padding + random horizontal flip), run
-batched on the device with per-sample random offsets drawn from a seeded generator.
+batched on the device with per-sample random offsets drawn from a seeded generator. A set that carries
+shortcut markers (`shortcuts.add_shortcut`) keeps its clean images too: `batches` augments the clean
+images and then pastes freshly drawn markers, as the authors' data loaders do.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .shortcuts import MarkerSpec, paste_markers
 
 SPLITS = ("train", "test")
 
@@ -74,12 +78,20 @@ class CorruptDataError(ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: compare by identity, element-wise tensor == has no truth value
 class ImageSet:
-    """A whole data set as tensors: images uint8 [N, C, H, W], labels int64 [N]."""
+    """A whole data set as tensors: images uint8 [N, C, H, W], labels int64 [N].
+
+    A set with shortcut markers (shortcuts.add_shortcut) also has `markers`, the MarkerSpec, and
+    `clean_images`, the images before pasting. `images` then holds one fixed draw of the markers, which
+    everything that reads images directly sees (evaluation, least-squares samples, IRI sources, figures),
+    while `batches` draws new markers per batch onto the augmented clean images (training).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
-    name: str  # "<data set>/<split>", with suffixes for derived sets, e.g. "cifar10/train+pixel"
+    name: str  # "<data set>/<split>", with suffixes for derived sets, e.g. "cifar10/train+pixel(layout=0)(draws=0)"
+    markers: MarkerSpec | None = None
+    clean_images: torch.Tensor | None = None
 
     def __post_init__(self):
         # Catch shape and dtype mistakes where the set is made, not deep inside a training loop.
@@ -93,12 +105,19 @@ class ImageSet:
             raise ValueError(f"ImageSet {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
         if self.images.device != self.labels.device:
             raise ValueError(f"ImageSet {self.name!r}: images on {self.images.device}, labels on {self.labels.device}")
+        if (self.markers is None) != (self.clean_images is None):
+            raise ValueError(f"ImageSet {self.name!r}: markers and clean_images go together (shortcuts.add_shortcut)")
+        if self.clean_images is not None and (self.clean_images.shape != self.images.shape or
+                                              self.clean_images.dtype != torch.uint8 or
+                                              self.clean_images.device != self.images.device):
+            raise ValueError(f"ImageSet {self.name!r}: clean_images must match images (uint8, same shape and device)")
         object.__setattr__(self, "classes", tuple(self.classes))
 
     def __repr__(self) -> str:
         """A one-line summary instead of the tensors' contents."""
+        markers = f", {self.markers}" if self.markers is not None else ""
         return (f"ImageSet({self.name!r}, images=uint8{list(self.images.shape)} on {self.images.device}, "
-                f"{self.num_classes} classes)")
+                f"{self.num_classes} classes{markers})")
 
     def __len__(self) -> int:
         """Number of samples."""
@@ -116,7 +135,15 @@ class ImageSet:
 
     def to(self, device) -> "ImageSet":
         """The same set with its tensors on `device`."""
-        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
+        clean = self.clean_images.to(device) if self.clean_images is not None else None
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device),
+                                   clean_images=clean)
+
+    def _select(self, index: torch.Tensor, name: str) -> "ImageSet":
+        """The samples at `index` (a bool mask or int indices), clean images and markers kept."""
+        clean = self.clean_images[index] if self.clean_images is not None else None
+        return dataclasses.replace(self, images=self.images[index], labels=self.labels[index], clean_images=clean,
+                                   name=name)
 
     def take(self, n: int, seed: int = 0) -> "ImageSet":
         """A fixed random subset of `n` samples (kept in their original order); the whole set if n >= len."""
@@ -125,9 +152,7 @@ class ImageSet:
         if n >= len(self):
             return self
         chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        chosen = chosen.to(self.labels.device)
-        return dataclasses.replace(self, images=self.images[chosen], labels=self.labels[chosen],
-                                   name=f"{self.name}[take={n},seed={seed}]")
+        return self._select(chosen.to(self.labels.device), f"{self.name}[take={n},seed={seed}]")
 
     def first_classes(self, k: int) -> "ImageSet":
         """Only the samples of the first `k` classes (labels < k), for the class-subset testbed (paper
@@ -136,15 +161,17 @@ class ImageSet:
         if not 1 <= k <= self.num_classes:
             raise ValueError(f"first_classes(k={k}): k must be between 1 and {self.num_classes} "
                              f"(the number of classes of {self.name!r})")
-        keep = self.labels < k
-        return dataclasses.replace(self, images=self.images[keep], labels=self.labels[keep],
-                                   name=f"{self.name}[classes<{k}]")
+        return self._select(self.labels < k, f"{self.name}[classes<{k}]")
 
     def with_images(self, images: torch.Tensor) -> "ImageSet":
-        """The same labels and classes with new uint8 images of the same count (shortcut markers, IRIs)."""
+        """The same labels and classes with new uint8 images of the same count (IRIs).
+
+        The new images are taken as they are: a marker spec is not kept, because images made from a marked
+        set (IRIs inverted from it) already carry what they carry, and pasting fresh markers over them in
+        training would change them (the authors train on IRIs without their marker transform)."""
         if images.shape[0] != len(self):
             raise ValueError(f"with_images: got {images.shape[0]} images for the {len(self)} labels of {self.name!r}")
-        return dataclasses.replace(self, images=images)
+        return dataclasses.replace(self, images=images, markers=None, clean_images=None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -508,7 +535,14 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 def augment(images_uint8: torch.Tensor, padding: int, flip: bool,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop with zero padding `padding` plus (if `flip`) a random horizontal flip with probability
-    1/2, independently per sample; returns float images in [0, 1] on the images' device.
+    1/2, independently per sample; returns float images in [0, 1] on the images' device (see augment_uint8)."""
+    return to_float(augment_uint8(images_uint8, padding, flip, generator))
+
+
+def augment_uint8(images_uint8: torch.Tensor, padding: int, flip: bool,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding `padding` plus (if `flip`) a random horizontal flip with probability
+    1/2, independently per sample; returns uint8 images on the images' device.
 
     All samples are cropped in one gather: output pixel (i, j) of sample n is padded pixel
     (dy_n + i, dx_n + j), with j mirrored for flipped samples. Random numbers come from `generator`
@@ -533,8 +567,7 @@ def augment(images_uint8: torch.Tensor, padding: int, flip: bool,
     # Index all four dims so the result is laid out [n, c, h, w] with standard strides. (Permuting an
     # [n, h, w, 1] result gives a "contiguous" tensor with strides (hw, 1, w, 1), on which torch 2.14's
     # CPU convolution backward corrupts memory.)
-    out = padded[batch_idx, chan_idx, row_idx, col_idx]
-    return to_float(out)
+    return padded[batch_idx, chan_idx, row_idx, col_idx]
 
 
 def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
@@ -545,6 +578,12 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
       device, CPU by default, then moved), so a seeded generator fixes the order.
     augment_data: crop/flip as DATASET_INFO says for the set's base name, with offsets from `generator`.
     drop_last: skip a final batch smaller than batch_size (keeps BatchNorm statistics well defined).
+
+    Shortcut markers: when `data.markers` is set, every batch starts from the clean images, is augmented
+    (if asked), and then gets markers pasted with fresh random locations and noise from `generator`
+    (shortcuts.paste_markers), so class locations stay put under crops and flips and every draw of an
+    image has a new random marker, as in the authors' loaders; a seeded generator still fixes it all
+    (and a checkpointed generator state resumes it exactly).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -560,14 +599,15 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
         order = torch.arange(n, device=device)
     stop = n - n % batch_size if drop_last else n
     info = DATASET_INFO.get(data.base_name, {})
+    source = data.images if data.markers is None else data.clean_images
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        images = data.images[idx]
+        images, labels = source[idx], data.labels[idx]
         if augment_data:
-            x = augment(images, info["crop_padding"], info["flip"], generator)
-        else:
-            x = to_float(images)
-        yield x, data.labels[idx]
+            images = augment_uint8(images, info["crop_padding"], info["flip"], generator)
+        if data.markers is not None:
+            images = paste_markers(images, labels, data.markers, data.num_classes, generator)
+        yield to_float(images), labels
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -19,7 +19,7 @@ from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, StitchOutcome
 from .store import ResultStore, config_key
 from .train import TrainConfig, get_model
 
-EXPERIMENTS_VERSION = 1
+EXPERIMENTS_VERSION = 2  # 2: shortcut markers pasted per batch after augmentation, the authors' colours and layout
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,13 @@ class DataSpec:
     # the subset is drawn from the whole set first, then its images of the first k classes kept (count ~ k)
     subset_first: bool = False
     shortcut: str | None = None  # shortcuts.SHORTCUT_KINDS
-    shift: int = 0  # marker of class y + shift (1 = shifted markers, for excess agreement)
-    seed: int = 0
+    shift: int = 0  # images of class y carry the marker of class y - shift (1 = the authors' shifted markers)
+    seed: int = 0  # the subset, and the marker layout (class colours, patterns, locations): the stitch's seed
 
     def load(self, device="cpu", data_dir=None) -> ImageSet:
+        """The set, with markers when `shortcut` is set: the stored copy's per-image draws use seed (train)
+        or seed + 1 (test), the class layout uses seed for both splits, so that a stitch is scored with
+        the layout it was trained with. Training batches draw fresh markers (data.batches)."""
         data = load(self.dataset, self.split, root=data_dir)
         if self.subset is not None and self.subset_first:
             data = data.take(self.subset, seed=self.seed)
@@ -48,7 +51,8 @@ class DataSpec:
         if self.shortcut is not None:
             from .shortcuts import add_shortcut
 
-            data = add_shortcut(data, self.shortcut, seed=self.seed + (1 if self.split == "test" else 0), shift=self.shift)
+            data = add_shortcut(data, self.shortcut, seed=self.seed + (1 if self.split == "test" else 0),
+                                shift=self.shift, layout_seed=self.seed)
         return data.to(device)
 
 

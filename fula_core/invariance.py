@@ -316,15 +316,18 @@ def invariance_aware_stitching(front: StitchableResNet, end: StitchableResNet, p
 # 3. Excess agreement and CKA
 
 
-def excess_agreement_eval(stitched: nn.Module, end: nn.Module, test: ImageSet, kind: str, seed: int = 0) -> dict:
+def excess_agreement_eval(stitched: nn.Module, end: nn.Module, test: ImageSet, kind: str, seed: int = 0,
+                          layout_seed: int = 0) -> dict:
     """Agreement of the stitched and the end model on test images carrying shortcut markers of `kind`:
-    with the correct class markers, with markers shifted cyclically by one class, and the difference
-    (excess agreement, in percentage points). Both models see the same marked image.
+    with the correct class markers, with markers shifted cyclically by one class (class c carries class
+    c - 1's marker, as the authors'), and the difference (excess agreement, in percentage points). Both
+    models see the same marked image. seed: the markers' per-image draws; layout_seed: the class layout,
+    the one the stitch was trained with (its data's DataSpec.seed).
     """
     test = test.to(next(end.parameters()).device)
     scores = {}
     for name, shift in (("agreement_correct", 0), ("agreement_shifted", 1)):
-        marked = add_shortcut(test, kind, seed=seed, shift=shift)
+        marked = add_shortcut(test, kind, seed=seed, shift=shift, layout_seed=layout_seed)
         scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
     scores["excess_agreement"] = metrics.excess_agreement(scores["agreement_correct"], scores["agreement_shifted"])
     return scores

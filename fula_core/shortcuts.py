@@ -14,92 +14,127 @@ aruco              the class's 4x4 ArUco bit pattern      random per image
 aruco_location     the class's 4x4 ArUco bit pattern      fixed per class
 =================  =====================================  ===========================================
 
-The marker of a sample with label y is that of class (y + shift) mod K: shift=0 pastes the correct marker,
-shift=1 the "shifted markers" used to measure excess agreement (agreement with correct markers minus
-agreement with markers of the next class).
+What is fixed per class (colours, ArUco patterns, locations) is the marker *layout*, drawn once from a
+layout seed, the stitch's or the model's seed, as in the authors' code (their
+dataloaders/shortcut_markers.py, class `Backdoor`): the class colours are chosen by farthest-point
+sampling on a colour grid and then assigned to the classes in the order of a random permutation, and
+class locations are drawn uniformly per class. What is random per image (locations of the `pixel`,
+`random` and `aruco` kinds, the noise of `location` and `random`) is drawn afresh every time an image is
+drawn. In training this happens per batch after crop/flip augmentation (`data.batches` calls
+`paste_markers`), so a flip or crop never moves a class location or mirrors a pattern; `add_shortcut`
+pastes one such draw into a stored copy of the set, for everything that reads the images directly
+(test sets, least-squares samples, IRI sources, figures).
+
+Shifted markers: with shift s the images of class c carry the marker of class c - s (mod K). The authors
+build their shifted test sets by rolling the marker table by +1 (`torch.roll(arange(K), 1)` as the index
+of the table: class c gets the marker of class c - 1), and shift=1 here is the same. Excess agreement is
+the agreement with correct markers minus the agreement with shifted ones.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .data import ImageSet
+if TYPE_CHECKING:  # data.py imports this module (batches pastes markers); no import cycle at run time
+    from .data import ImageSet
 
 SHORTCUT_KINDS = ("pixel", "location", "pixel_location", "random", "aruco", "aruco_location")
 
 _COLOUR_KINDS = ("pixel", "pixel_location")
 _ARUCO_KINDS = ("aruco", "aruco_location")
 _CLASS_LOCATION_KINDS = ("location", "pixel_location", "aruco_location")
-_ARUCO_DICTIONARY_SIZE = 50  # DICT_4X4_50
+_ARUCO_DICTIONARY_SIZE = 50  # DICT_4X4_50 (the authors use DICT_4X4_100, whose first 50 markers are the same)
 
 
-def class_colours(num_classes: int, channels: int) -> torch.Tensor:
-    """One colour per class, uint8 [K, C], spread out so that no two classes look alike.
+@dataclass(frozen=True)
+class MarkerSpec:
+    """Which shortcut markers a data set carries: everything needed to draw them again for any image.
 
-    Colour images: greedy farthest-point selection over a regular grid of the colour cube (levels 0, 64,
-    128, 191, 255 per channel, finer if K needs it): from a start colour, each next colour is the grid point
-    farthest from all chosen ones (first in grid order on ties). Every grid point is tried as the start and
-    the selection with the largest smallest pairwise distance is kept (the first such on ties), which
-    makes the result deterministic. For K=10 RGB colours the smallest pairwise distance is 180 (the
-    cube's edge is 255).
-    Grey images (C=1): K evenly spaced grey levels 255/K, 2*255/K, ..., 255; black is left out because it
-    is the background of MNIST-like images, where a black marker would be invisible.
+    kind: one of SHORTCUT_KINDS.
+    shift: images of class c carry the marker of class c - shift (mod K); 1 = the authors' shifted markers.
+    seed: the layout seed (class colour / pattern permutation and class locations): the stitch's or
+      the model's seed, so that a model trained with markers and the stitches of that model see one layout.
+    patch: side of the square marker in pixels.
     """
-    if num_classes < 1 or channels < 1:
-        raise ValueError(f"class_colours needs num_classes >= 1 and channels >= 1, got {num_classes}, {channels}")
+
+    kind: str
+    shift: int = 0
+    seed: int = 0
+    patch: int = 4
+
+    def __post_init__(self):
+        if self.kind not in SHORTCUT_KINDS:
+            raise ValueError(f"unknown shortcut kind {self.kind!r}; valid kinds: {', '.join(SHORTCUT_KINDS)}")
+        if self.patch < 1:
+            raise ValueError(f"marker patch must be at least 1 pixel, got {self.patch}")
+        if self.kind in _ARUCO_KINDS and self.patch % 4:
+            raise ValueError(f"ArUco markers have 4x4 bits; patch must be a multiple of 4, got {self.patch}")
+
+    @property
+    def suffix(self) -> str:
+        """What the marked set's name gets appended (the layout seed included: it changes the images)."""
+        return f"+{self.kind}" + (f"(shift={self.shift})" if self.shift else "") + f"(layout={self.seed})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The per-class layout: colours, ArUco patterns, locations
+# ---------------------------------------------------------------------------------------------------
+
+def farthest_point_colours(num_classes: int, channels: int) -> torch.Tensor:
+    """K colours by greedy farthest-point sampling, uint8 [K, C], in the order they are chosen.
+
+    The authors' procedure (shortcut_markers.py, `_get_pixel_markers`): the grid holds K evenly spaced
+    levels in [0, 1] per channel (`linspace(0, 1, K)`, so 10 levels for 10 classes) and, for RGB, all
+    K^3 level triples in `cartesian_prod` order, which starts at black. The first colour is the grid's
+    first point, black; each next one is the grid point whose Euclidean distance to the nearest chosen
+    colour is largest (`torch.cdist`, first such point on ties, in float32 as theirs, so near-ties fall
+    the same way). For 1-channel images the grid is the K grey levels themselves, so the K classes get
+    all K levels (evenly spaced, black included). Levels are rounded to uint8 (theirs paste the floats
+    k/(K-1) into float images; the difference is below 0.5/255).
+    """
+    if num_classes < 1:
+        raise ValueError(f"farthest_point_colours needs num_classes >= 1, got {num_classes}")
+    if channels not in (1, 3):
+        raise ValueError(f"class colours exist for grey (1) or RGB (3) images, got {channels} channels")
     return _farthest_point_colours(num_classes, channels).clone()
 
 
-@functools.lru_cache(maxsize=None)  # the search takes ~0.1 s and every add_shortcut call needs its result
+@functools.lru_cache(maxsize=None)
 def _farthest_point_colours(num_classes: int, channels: int) -> torch.Tensor:
-    """The search behind class_colours (cached; callers get a copy)."""
-    if channels == 1:
-        return torch.linspace(255 / num_classes, 255, num_classes).round().to(torch.uint8).view(num_classes, 1)
-    levels_per_channel = max(5, math.ceil(num_classes ** (1 / channels)))
-    levels = torch.linspace(0, 255, levels_per_channel).round()
-    grid = torch.cartesian_prod(*[levels] * channels).view(-1, channels)  # [levels^C, C]
-    distances = torch.cdist(grid, grid)
-    best, best_spread = None, -1.0
-    for start in range(len(grid)):
-        chosen = [start]
-        nearest = distances[start].clone()  # distance of every grid colour to its nearest chosen colour
-        for _ in range(num_classes - 1):
-            farthest = int(nearest.argmax())
-            chosen.append(farthest)
-            nearest = torch.minimum(nearest, distances[farthest])
-        pairwise = distances[chosen][:, chosen]
-        spread = float(pairwise[~torch.eye(num_classes, dtype=torch.bool)].min()) if num_classes > 1 else 0.0
-        if spread > best_spread:
-            best, best_spread = chosen, spread
-    return grid[best].to(torch.uint8)
+    levels = torch.linspace(0, 1, steps=num_classes)
+    grid = torch.cartesian_prod(levels, levels, levels).view(-1, 3) if channels == 3 else levels.view(-1, 1)
+    chosen = torch.zeros(num_classes, grid.shape[1])
+    chosen[0] = grid[0]
+    for i in range(1, num_classes):
+        nearest = torch.cdist(grid.unsqueeze(0), chosen[:i].unsqueeze(0), p=2).squeeze(0).min(dim=1).values
+        chosen[i] = grid[torch.argmax(nearest)]
+    return chosen.mul(255).round().to(torch.uint8)
 
 
-def class_locations(num_classes: int, image_size: int, patch: int = 4, seed: int = 0) -> torch.Tensor:
-    """A fixed top-left (row, col) per class, int64 [K, 2], with non-overlapping patches.
+def class_permutation(num_classes: int, seed: int) -> torch.Tensor:
+    """The layout's class permutation: class c gets the perm[c]-th farthest-point colour (or ArUco marker).
 
-    The image is tiled into patch x patch cells; each class gets a distinct cell drawn with `seed`. Cells on
-    the image border are avoided when enough inner cells exist, so that random-crop augmentation (a shift
-    of a few pixels with zero padding) never pushes a class marker out of the image.
+    The authors seed torch's global generator with the run's seed and draw `torch.randperm(K)` as the
+    first random number of the layout; a CPU generator seeded with the same seed gives the same
+    permutation.
     """
-    cells_per_side = image_size // patch
-    cells = [(r, c) for r in range(cells_per_side) for c in range(cells_per_side)]
-    inner = [(r, c) for r, c in cells if 0 < r < cells_per_side - 1 and 0 < c < cells_per_side - 1]
-    pool = inner if len(inner) >= num_classes else cells
-    if num_classes > len(pool):
-        raise ValueError(f"cannot place {num_classes} non-overlapping {patch}x{patch} markers in a "
-                         f"{image_size}x{image_size} image (room for {len(pool)})")
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:num_classes]
-    return torch.tensor([pool[i] for i in order.tolist()], dtype=torch.int64) * patch
+    return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed))
+
+
+def class_colours(num_classes: int, channels: int, seed: int = 0) -> torch.Tensor:
+    """The class colours of layout `seed`, uint8 [K, C]: row c is class c's colour (before any shift)."""
+    return farthest_point_colours(num_classes, channels)[class_permutation(num_classes, seed)]
 
 
 def aruco_patterns(num_classes: int) -> torch.Tensor:
     """The inner 4x4 bits of ArUco markers 0..K-1 of OpenCV's DICT_4X4_50, uint8 [K, 4, 4] with values 0/255.
 
     OpenCV draws each marker with a one-cell black border; drawn at 6x6 pixels every cell is one pixel, and
-    the inner 4x4 pixels are the marker's bits.
+    the inner 4x4 pixels are the marker's bits. (The layout assigns them to classes by a permutation.)
     """
     if not 1 <= num_classes <= _ARUCO_DICTIONARY_SIZE:
         raise ValueError(f"DICT_4X4_50 has {_ARUCO_DICTIONARY_SIZE} markers; cannot give {num_classes} classes one each")
@@ -112,59 +147,119 @@ def aruco_patterns(num_classes: int) -> torch.Tensor:
     return torch.stack([torch.from_numpy(p.copy()) for p in patterns]).to(torch.uint8)
 
 
-def add_shortcut(data: ImageSet, kind: str, *, seed: int = 0, shift: int = 0, patch: int = 4) -> ImageSet:
-    """A copy of `data` with a `patch` x `patch` marker of the given `kind` pasted into every image.
+@dataclass(frozen=True, eq=False)
+class MarkerLayout:
+    """The per-class part of a marker spec for one image geometry, rows in class order, shift applied:
+    content uint8 [K, C, patch, patch] (None: fresh noise per image), locations int64 [K, 2] top-left
+    (row, col) (None: a random location per image)."""
 
-    The marker encodes class (label + shift) mod K. Random locations are uniform over every position where
-    the patch fits; class locations are class_locations(K, image size, patch). Random locations and noise
-    come from torch.Generator().manual_seed(seed) and are drawn the same way for every kind and regardless
-    of the labels, so the same seed gives the same random locations for `pixel`, `random` and `aruco`, and
-    the `random` control is identical for any labelling of the images.
+    content: torch.Tensor | None
+    locations: torch.Tensor | None
+
+
+def marker_layout(spec: MarkerSpec, num_classes: int, channels: int, height: int, width: int) -> MarkerLayout:
+    """The layout of `spec` for K classes and C x H x W images (cached; callers must not modify it).
+
+    The random numbers follow the authors' `Backdoor.__init__` in order, from one generator seeded with
+    spec.seed: first the class permutation of the colours / ArUco patterns (only kinds that have them),
+    then for class-location kinds one location per class, row then column, each uniform over every
+    position where the patch fits (classes may overlap, as theirs). Finally the rows are rolled by
+    spec.shift, which gives class c the marker and location of class c - shift.
     """
-    if kind not in SHORTCUT_KINDS:
-        raise ValueError(f"unknown shortcut kind {kind!r}; valid kinds: {', '.join(SHORTCUT_KINDS)}")
-    n, channels, height, width = data.images.shape
-    if patch > min(height, width):
-        raise ValueError(f"a {patch}x{patch} marker does not fit in {height}x{width} images")
-    device = data.images.device
-    k = data.num_classes
-    marker_class = (data.labels + shift) % k
+    if spec.patch > min(height, width):
+        raise ValueError(f"a {spec.patch}x{spec.patch} marker does not fit in {height}x{width} images")
+    return _marker_layout(spec, num_classes, channels, height, width)
 
-    # Random draws first, all on the CPU from one seeded generator: identical on every device.
-    gen = torch.Generator().manual_seed(seed)
-    random_rows = torch.randint(0, height - patch + 1, (n,), generator=gen)
-    random_cols = torch.randint(0, width - patch + 1, (n,), generator=gen)
-    noise = torch.randint(0, 256, (n, channels, patch, patch), generator=gen, dtype=torch.uint8)
 
-    # Patch content, [n, C, patch, patch].
-    if kind in _COLOUR_KINDS:
-        colours = class_colours(k, channels).to(device)[marker_class]  # [n, C]
-        content = colours.view(n, channels, 1, 1).expand(n, channels, patch, patch)
-    elif kind in _ARUCO_KINDS:
-        if patch % 4:
-            raise ValueError(f"ArUco markers have 4x4 bits; patch must be a multiple of 4, got {patch}")
-        bits = aruco_patterns(k).to(device)[marker_class]  # [n, 4, 4]
-        scale = patch // 4
+@functools.lru_cache(maxsize=256)
+def _marker_layout(spec: MarkerSpec, num_classes: int, channels: int, height: int, width: int) -> MarkerLayout:
+    k, p = num_classes, spec.patch
+    gen = torch.Generator().manual_seed(spec.seed)
+    content = None
+    if spec.kind in _COLOUR_KINDS:
+        colours = farthest_point_colours(k, channels)[torch.randperm(k, generator=gen)]  # = class_colours(k, C, seed)
+        content = colours.view(k, channels, 1, 1).expand(k, channels, p, p).contiguous()
+    elif spec.kind in _ARUCO_KINDS:
+        bits = aruco_patterns(k)[torch.randperm(k, generator=gen)]
+        scale = p // 4
         bits = bits.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)  # blocky upscaling
-        content = bits.unsqueeze(1).expand(n, channels, patch, patch)  # same bits in every channel
-    else:  # "location" and "random": the fresh uniform noise drawn above
-        content = noise.to(device)
+        content = bits.unsqueeze(1).expand(k, channels, p, p).contiguous()  # the same bits in every channel
+    locations = None
+    if spec.kind in _CLASS_LOCATION_KINDS:
+        locations = torch.tensor([[int(torch.randint(0, height - p + 1, (1,), generator=gen)),
+                                   int(torch.randint(0, width - p + 1, (1,), generator=gen))] for _ in range(k)],
+                                 dtype=torch.int64).view(k, 2)
+    if content is not None:
+        content = torch.roll(content, spec.shift, dims=0)
+    if locations is not None:
+        locations = torch.roll(locations, spec.shift, dims=0)
+    return MarkerLayout(content, locations)
 
-    # Patch location, top-left [n] rows and cols.
-    if kind in _CLASS_LOCATION_KINDS:
-        if height != width:
-            raise ValueError(f"class locations assume square images, got {height}x{width}")
-        where = class_locations(k, height, patch).to(device)[marker_class]  # [n, 2]
+
+def class_locations(num_classes: int, image_size: int, patch: int = 4, seed: int = 0,
+                    kind: str = "pixel_location") -> torch.Tensor:
+    """The fixed top-left (row, col) of each class's marker, int64 [K, 2], for a class-location `kind`
+    of layout `seed` on square images (the draws follow the class permutation for `pixel_location` and
+    `aruco_location`, so the kind matters)."""
+    if kind not in _CLASS_LOCATION_KINDS:
+        raise ValueError(f"{kind!r} has no class locations; class-location kinds: {', '.join(_CLASS_LOCATION_KINDS)}")
+    layout = marker_layout(MarkerSpec(kind, 0, seed, patch), num_classes, 3, image_size, image_size)  # any C
+    return layout.locations.clone()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pasting
+# ---------------------------------------------------------------------------------------------------
+
+def paste_markers(images: torch.Tensor, labels: torch.Tensor, spec: MarkerSpec, num_classes: int,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """A copy of uint8 `images` [n, C, H, W] with the marker of `spec` pasted into each, on their device.
+
+    One draw of the per-image randomness: random top-left rows, then columns, each uniform over every
+    position where the patch fits, then uniform uint8 noise [n, C, patch, patch]; all three are drawn for
+    every kind and regardless of the labels (on the generator's device, CPU by default, then moved), so
+    the generator's stream does not depend on the kind, and the `random` control is the same for any
+    labelling. The kind then takes the class content or the noise, the class location or the random one.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(f"paste_markers expects uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    n, channels, height, width = images.shape
+    p, device = spec.patch, images.device
+    layout = marker_layout(spec, num_classes, channels, height, width)
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    rows = torch.randint(0, height - p + 1, (n,), generator=generator, device=draw_on).to(device)
+    cols = torch.randint(0, width - p + 1, (n,), generator=generator, device=draw_on).to(device)
+    noise = torch.randint(0, 256, (n, channels, p, p), generator=generator, device=draw_on, dtype=torch.uint8)
+    content = noise.to(device) if layout.content is None else layout.content.to(device)[labels]
+    if layout.locations is not None:
+        where = layout.locations.to(device)[labels]  # [n, 2]
         rows, cols = where[:, 0], where[:, 1]
-    else:
-        rows, cols = random_rows.to(device), random_cols.to(device)
 
     # Paste all patches at once: pixel (rows_n + i, cols_n + j) of image n gets content[n, :, i, j].
-    offsets = torch.arange(patch, device=device)
-    row_idx = (rows.view(n, 1) + offsets).view(n, patch, 1)
-    col_idx = (cols.view(n, 1) + offsets).view(n, 1, patch)
+    offsets = torch.arange(p, device=device)
+    row_idx = (rows.view(n, 1) + offsets).view(n, p, 1)
+    col_idx = (cols.view(n, 1) + offsets).view(n, 1, p)
     batch_idx = torch.arange(n, device=device).view(n, 1, 1)
-    images = data.images.clone()
-    images[batch_idx, :, row_idx, col_idx] = content.permute(0, 2, 3, 1)  # indexed view is [n, p, p, C]
-    suffix = f"+{kind}" + (f"(shift={shift})" if shift else "")
-    return dataclasses.replace(data.with_images(images), name=data.name + suffix)
+    out = images.clone()
+    out[batch_idx, :, row_idx, col_idx] = content.permute(0, 2, 3, 1)  # the indexed view is [n, p, p, C]
+    return out
+
+
+def add_shortcut(data: "ImageSet", kind: str, *, seed: int = 0, shift: int = 0, patch: int = 4,
+                 layout_seed: int = 0) -> "ImageSet":
+    """`data` with a `patch` x `patch` marker of the given `kind` pasted into every image.
+
+    seed: the per-image draws of this stored copy (random locations, noise), from
+      torch.Generator().manual_seed(seed) via paste_markers.
+    shift: images of class c carry the marker of class c - shift (mod K); see the module docstring.
+    layout_seed: the class layout (colour / pattern permutation, class locations): the seed of the
+      stitch or model that trains on or is scored with these markers.
+    The result's `.images` hold the pasted copy, its `.clean_images` the images before, and its
+    `.markers` the MarkerSpec, with which `data.batches` draws fresh markers per batch after augmentation.
+    """
+    if getattr(data, "markers", None) is not None:
+        raise ValueError(f"{data.name!r} already carries {data.markers.kind} markers: paste onto the clean set")
+    spec = MarkerSpec(kind, shift, layout_seed, patch)
+    images = paste_markers(data.images, data.labels, spec, data.num_classes, torch.Generator().manual_seed(seed))
+    return dataclasses.replace(data, images=images, clean_images=data.images, markers=spec,
+                               name=f"{data.name}{spec.suffix}(draws={seed})")

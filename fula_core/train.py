@@ -23,6 +23,8 @@ from .models import MODELS_VERSION, StitchableResNet, build
 from .store import NO_CHECKPOINT, Checkpointer, CorruptCheckpointError, ResultStore, config_key
 
 TRAIN_VERSION = 2  # part of every cache key: bump when a change here alters trained weights
+# 2: shortcut markers (cross-bias fronts) pasted per batch after augmentation, the authors' colours and layout;
+#    PGD without random start, Nesterov SGD, adv_mode
 ADV_MODES = ("loss_mix", "replace")
 
 
@@ -52,7 +54,7 @@ class TrainConfig:
     # image; "replace" = the authors' code, a random share a of the batch replaced by its PGD examples
     adv_mode: str = "loss_mix"
     nesterov: bool = True  # the authors' SGD uses Nesterov momentum
-    shortcut: str | None = None  # train with this shortcut marker pasted in (cross-bias front, paper 2)
+    shortcut: str | None = None  # train with this shortcut marker pasted in (cross-bias front, paper 2); layout from seed
     code_version: tuple[int, int] = (MODELS_VERSION, TRAIN_VERSION)
 
     def __post_init__(self):
@@ -138,12 +140,14 @@ def train_model(cfg: TrainConfig, train_data: ImageSet, device="cpu", *, checkpo
 
 
 def training_data(cfg: TrainConfig, data_dir=None) -> ImageSet:
-    """The training set a TrainConfig names, with its shortcut pasted in when it has one."""
+    """The training set a TrainConfig names, with its shortcut markers when it has one: the class layout
+    (colours, patterns, locations) is that of the model's seed, and training draws fresh markers per
+    batch after augmentation (data.batches); stitches with this front use the same seed for their data."""
     data = load(cfg.dataset, "train", root=data_dir)
     if cfg.shortcut:
         from .shortcuts import add_shortcut
 
-        data = add_shortcut(data, cfg.shortcut, seed=cfg.seed)
+        data = add_shortcut(data, cfg.shortcut, seed=cfg.seed, layout_seed=cfg.seed)
     return data
 
 

@@ -544,3 +544,101 @@ def test_batches_augment_with_the_data_sets_settings():
     unknown = ImageSet(ds.images, ds.labels, ds.classes, "mystery/train")
     with pytest.raises(ValueError, match="mystery"):
         next(data.batches(unknown, 8, shuffle=False, augment_data=True))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batching with shortcut markers: augment the clean images, then paste fresh markers
+# ---------------------------------------------------------------------------------------------------
+
+def ramp_set(n=200, k=10):
+    """CIFAR-shaped images (so batches crops with padding 4 and flips) whose value rises from left to right
+    (100 + 4 * column), so a flip shows as a falling ramp and a crop as a band of zero padding."""
+    ramp = (100 + 4 * torch.arange(32)).to(torch.uint8)
+    images = ramp.view(1, 1, 1, 32).expand(n, 3, 32, 32).contiguous()
+    return ImageSet(images, torch.arange(n) % k, tuple(f"c{i}" for i in range(k)), "cifar10/train")
+
+
+def as_uint8(x):
+    return (x * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("kind", ["pixel_location", "aruco_location", "location"])
+def test_class_markers_are_pasted_after_crop_and_flip(kind):
+    """On flipped and cropped images the class marker sits at its class location with its class content:
+    it was pasted after the augmentation (pasted before, a flip would mirror its place and a crop move it)."""
+    from fula_core.shortcuts import add_shortcut, marker_layout
+
+    ds = ramp_set()
+    marked = add_shortcut(ds, kind, layout_seed=3)
+    x, y = next(data.batches(marked, len(ds), shuffle=False, augment_data=True,
+                             generator=torch.Generator().manual_seed(0)))
+    x = as_uint8(x)
+    # The same augmentation of the clean images, from the same generator stream (no shuffle: no randperm).
+    augmented = data.augment_uint8(ds.images, 4, True, torch.Generator().manual_seed(0))
+    flipped = augmented[:, 0, 16, 12] > augmented[:, 0, 16, 20]
+    shifted = (augmented[:, 0] == 0).flatten(1).any(1)
+    assert 0.3 < flipped.float().mean() < 0.7 and shifted.float().mean() > 0.5  # the augmentation did act
+    layout = marker_layout(marked.markers, 10, 3, 32, 32)
+    for i in range(len(ds)):
+        r, c = layout.locations[y[i]].tolist()
+        inside = torch.zeros(32, 32, dtype=torch.bool)
+        inside[r:r + 4, c:c + 4] = True
+        assert torch.equal(x[i][:, ~inside], augmented[i][:, ~inside])  # the rest is the augmented image
+        if layout.content is not None:
+            assert torch.equal(x[i][:, r:r + 4, c:c + 4], layout.content[y[i]])  # not mirrored, not moved
+        else:
+            assert not torch.equal(x[i][:, r:r + 4, c:c + 4], augmented[i][:, r:r + 4, c:c + 4])  # noise there
+
+
+@pytest.mark.parametrize("kind", ["pixel", "random", "location", "aruco"])
+def test_random_markers_are_redrawn_every_time_an_image_is_drawn(kind):
+    from fula_core.shortcuts import add_shortcut
+
+    marked = add_shortcut(ramp_set(), kind)
+    gen = torch.Generator().manual_seed(5)
+    first = as_uint8(next(data.batches(marked, 200, shuffle=False, generator=gen))[0])
+    state = gen.get_state()
+    second = as_uint8(next(data.batches(marked, 200, shuffle=False, generator=gen))[0])
+    changed = (first != second).flatten(1).any(1)
+    assert changed.float().mean() > 0.95  # a new location or new noise for (nearly) every image
+    assert not torch.equal(first, marked.images)  # nor the stored copy (one draw with add_shortcut's seed, 0)
+    stored_draw = next(data.batches(marked, 200, shuffle=False, generator=torch.Generator().manual_seed(0)))[0]
+    assert torch.equal(as_uint8(stored_draw), marked.images)  # which is the first draw of a generator seeded 0
+    # Still reproducible from the generator: the same seed or a restored state draws the same markers.
+    again = torch.Generator().manual_seed(5)
+    assert torch.equal(first, as_uint8(next(data.batches(marked, 200, shuffle=False, generator=again))[0]))
+    resumed = torch.Generator()
+    resumed.set_state(state)
+    assert torch.equal(second, as_uint8(next(data.batches(marked, 200, shuffle=False, generator=resumed))[0]))
+
+
+def test_fixed_class_markers_without_augmentation_are_the_stored_copy():
+    from fula_core.shortcuts import add_shortcut
+
+    marked = add_shortcut(ramp_set(), "pixel_location")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x = torch.cat([xb for xb, _ in data.batches(marked, 64, shuffle=False, generator=gen)])
+        assert torch.equal(x, data.to_float(marked.images))
+
+
+def test_markers_travel_with_the_set_but_not_to_new_images():
+    from fula_core.shortcuts import MarkerSpec, add_shortcut
+
+    marked = add_shortcut(ramp_set(), "pixel", seed=1, layout_seed=2)
+    assert marked.markers == MarkerSpec("pixel", 0, 2) and torch.equal(marked.clean_images, ramp_set().images)
+    for derived in (marked.take(50, seed=1), marked.first_classes(3), marked.to("cpu")):
+        assert derived.markers == marked.markers
+        assert derived.clean_images.shape == derived.images.shape
+        assert torch.equal(derived.clean_images, ramp_set().images[: len(derived)])  # all clean rows are alike
+    sub = marked.take(50, seed=1)
+    chosen = torch.randperm(200, generator=torch.Generator().manual_seed(1))[:50].sort().values
+    assert torch.equal(sub.images, marked.images[chosen]) and torch.equal(sub.labels, marked.labels[chosen])
+    iri_like = marked.with_images(marked.images)
+    assert iri_like.markers is None and iri_like.clean_images is None  # new images are taken as they are
+    with pytest.raises(ValueError, match="go together"):
+        ImageSet(marked.images, marked.labels, marked.classes, "x/train", markers=marked.markers)
+    with pytest.raises(ValueError, match="must match images"):
+        ImageSet(marked.images, marked.labels, marked.classes, "x/train", markers=marked.markers,
+                 clean_images=marked.images[:, :1])
+    assert "MarkerSpec(kind='pixel'" in repr(marked)

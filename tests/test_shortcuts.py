@@ -1,10 +1,12 @@
-"""Tests for fula_core.shortcuts: the six marker kinds land where they should with the right values."""
+"""Tests for fula_core.shortcuts: the six marker kinds land where they should with the right values, and
+the layout (colours, permutation, locations, shift) follows the authors' procedure."""
+
 import pytest
 import torch
 
 from fula_core.data import ImageSet
-from fula_core.shortcuts import (SHORTCUT_KINDS, add_shortcut, aruco_patterns, class_colours,
-                                 class_locations)
+from fula_core.shortcuts import (SHORTCUT_KINDS, MarkerSpec, add_shortcut, aruco_patterns, class_colours,
+                                 class_locations, class_permutation, farthest_point_colours, marker_layout)
 
 K = 10
 
@@ -58,8 +60,9 @@ def test_one_marker_and_the_rest_unchanged(kind):
     outside = ~mask.unsqueeze(1).expand_as(ds.images)
     assert torch.equal(marked.images[outside], ds.images[outside])
     assert torch.equal(marked.labels, ds.labels) and marked.classes == ds.classes
-    assert marked.name == f"cifar10/train+{kind}"
+    assert marked.name == f"cifar10/train+{kind}(layout=0)(draws=1)"
     assert not torch.equal(marked.images, ds.images) and torch.equal(ds.images, make_set().images)  # a copy
+    assert torch.equal(marked.clean_images, ds.images) and marked.markers == MarkerSpec(kind, 0, 0, 4)
 
 
 @pytest.mark.parametrize("kind", ["pixel", "pixel_location"])
@@ -76,7 +79,8 @@ def test_aruco_markers_hold_the_class_pattern_in_every_channel(kind):
     ds = make_set()
     corners = top_left(patch_mask(kind, ds.labels))
     got = patches(add_shortcut(ds, kind).images, corners)
-    expected = aruco_patterns(K)[ds.labels].unsqueeze(1).expand(-1, 3, 4, 4)
+    patterns = aruco_patterns(K)[class_permutation(K, 0)]  # class c gets the perm[c]-th marker, as the colours
+    expected = patterns[ds.labels].unsqueeze(1).expand(-1, 3, 4, 4)
     assert torch.equal(got, expected)
 
 
@@ -84,7 +88,7 @@ def test_aruco_markers_hold_the_class_pattern_in_every_channel(kind):
 def test_location_markers_sit_at_the_class_location(kind):
     ds = make_set()
     corners = top_left(patch_mask(kind, ds.labels))
-    assert torch.equal(corners, class_locations(K, 32)[ds.labels])
+    assert torch.equal(corners, class_locations(K, 32, kind=kind)[ds.labels])
 
 
 @pytest.mark.parametrize("kind", ["pixel", "random", "aruco"])
@@ -109,14 +113,28 @@ def test_noise_markers_are_fresh_uniform_noise(kind):
 # ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["pixel", "pixel_location", "aruco", "aruco_location", "location"])
-def test_shift_one_pastes_the_next_classes_marker(kind):
+def test_shift_one_pastes_the_previous_classes_marker(kind):
     ds = make_set()
     shifted = add_shortcut(ds, kind, seed=2, shift=1)
-    relabelled = ImageSet(ds.images, (ds.labels + 1) % K, ds.classes, ds.name)
-    # Shifting the marker is the same as pasting the correct marker of label y+1 (mod K, so 9 -> 0).
+    relabelled = ImageSet(ds.images, (ds.labels - 1) % K, ds.classes, ds.name)
+    # Shifting the marker is the same as pasting the correct marker of label y-1 (mod K, so 0 -> 9).
     assert torch.equal(shifted.images, add_shortcut(relabelled, kind, seed=2).images)
     assert not torch.equal(shifted.images, add_shortcut(ds, kind, seed=2).images)
-    assert shifted.name == f"cifar10/train+{kind}(shift=1)" and torch.equal(shifted.labels, ds.labels)
+    assert shifted.name == f"cifar10/train+{kind}(shift=1)(layout=0)(draws=2)" and torch.equal(shifted.labels, ds.labels)
+
+
+@pytest.mark.parametrize("kind", ["pixel_location", "aruco_location"])
+def test_shift_matches_the_authors_roll_of_the_marker_table(kind):
+    """The authors index their marker and location tables with torch.roll(arange(K), shifts=1): row c of
+    the shifted table is row c - 1 of the correct one. Written out by hand for K = 10: class 0 gets class
+    9's marker, class 3 class 2's."""
+    correct = marker_layout(MarkerSpec(kind, 0, 5), K, 3, 32, 32)
+    shifted = marker_layout(MarkerSpec(kind, 1, 5), K, 3, 32, 32)
+    authors_index = torch.roll(torch.arange(K), shifts=1, dims=0)
+    assert authors_index.tolist() == [9, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert torch.equal(shifted.content, correct.content[authors_index])
+    assert torch.equal(shifted.locations, correct.locations[authors_index])
+    assert torch.equal(shifted.content[3], correct.content[2]) and torch.equal(shifted.content[0], correct.content[9])
 
 
 def test_random_control_carries_no_class_information():
@@ -134,43 +152,85 @@ def test_reproducible_from_the_seed(kind):
     assert torch.equal(a.images, b.images)
     changes_with_seed = kind != "pixel_location" and kind != "aruco_location"  # those are fully determined by y
     assert changes_with_seed == (not torch.equal(a.images, add_shortcut(ds, kind, seed=8).images))
+    # The layout seed moves everything that is fixed per class; the random control has nothing fixed.
+    changes_with_layout = kind != "random"
+    assert changes_with_layout == (not torch.equal(a.images, add_shortcut(ds, kind, seed=7, layout_seed=1).images))
+
+
+def test_marking_a_marked_set_is_refused():
+    marked = add_shortcut(make_set(), "pixel")
+    with pytest.raises(ValueError, match="already carries pixel markers"):
+        add_shortcut(marked, "location")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Colours, locations, patterns
 # ---------------------------------------------------------------------------------------------------
 
-def test_class_colours_are_far_apart_and_deterministic():
-    colours = class_colours(K, 3)
-    assert colours.dtype == torch.uint8 and colours.shape == (K, 3)
-    assert torch.equal(colours, class_colours(K, 3))
-    distances = torch.cdist(colours.float(), colours.float()) + torch.eye(K) * 1e9
-    # No 10 colours can be more than 0.866 * 255 = 221 apart (that is already the optimum for 9 points in
-    # a cube: its corners and centre), so 170 is within 77% of the best possible spread; it also means two
-    # classes differ by about 100 grey levels per channel, far beyond JPEG or BatchNorm-scale noise.
-    assert distances.min() >= 170
-    for k in (1, 2, 8, 50):
-        c = class_colours(k, 3).float()
-        assert len({tuple(x) for x in c.tolist()}) == k
+def rgb_grid(k):
+    """The authors' colour grid for k classes: k levels per channel, all triples, black first."""
+    levels = torch.linspace(0, 1, k, dtype=torch.float64)
+    return torch.cartesian_prod(levels, levels, levels)
 
 
-def test_grey_colours_are_evenly_spaced_and_never_black():
-    grey = class_colours(K, 1).flatten().float()
-    assert grey[0] > 20 and grey[-1] == 255  # black would vanish on an MNIST-like background
-    assert torch.allclose(grey.diff(), torch.full((K - 1,), 255 / K), atol=1)
+@pytest.mark.parametrize("k", [4, 10])
+def test_farthest_point_colours_start_at_black_and_each_is_farthest(k):
+    chosen = farthest_point_colours(k, 3)
+    assert chosen.dtype == torch.uint8 and chosen.shape == (k, 3)
+    assert chosen[0].tolist() == [0, 0, 0] and chosen[1].tolist() == [255, 255, 255]  # then the far corner
+    grid = rgb_grid(k)
+    on_grid = chosen.double() / 255
+    # every colour is a grid point, up to the uint8 rounding (at most 0.5/255 per channel)
+    assert torch.cdist(on_grid, grid).min(dim=1).values.max() < 3 ** 0.5 * 0.5 / 255 + 1e-9
+    exact = grid[torch.cdist(on_grid, grid).argmin(dim=1)]  # the grid points before rounding
+    for i in range(1, k):
+        # colour i is at the largest distance any grid point has from the colours chosen before it
+        nearest_of_grid = torch.cdist(grid, exact[:i]).min(dim=1).values
+        nearest_of_chosen = torch.cdist(exact[i:i + 1], exact[:i]).min()
+        assert abs(float(nearest_of_chosen) - float(nearest_of_grid.max())) < 1e-6
+    assert len({tuple(c) for c in chosen.tolist()}) == k
 
 
-def test_class_locations_fixed_distinct_inside_and_away_from_the_border():
-    locs = class_locations(K, 32)
-    assert locs.shape == (K, 2) and torch.equal(locs, class_locations(K, 32))
-    assert not torch.equal(locs, class_locations(K, 32, seed=1))
-    for i in range(K):
-        for j in range(i + 1, K):
-            assert (locs[i] - locs[j]).abs().max() >= 4  # 4x4 patches do not overlap
-    assert locs.min() >= 4 and locs.max() <= 32 - 8  # off the border ring, so a 4-pixel crop keeps them
-    assert class_locations(4, 16).shape == (4, 2)
-    with pytest.raises(ValueError, match="cannot place 17"):
-        class_locations(17, 16)
+def test_farthest_point_colours_for_ten_classes():
+    """The selection for CIFAR-10, written out (levels k/9 rounded to uint8; ties fall on the first grid
+    point in float32 as in the authors' code)."""
+    assert farthest_point_colours(10, 3).tolist() == [
+        [0, 0, 0], [255, 255, 255], [0, 113, 255], [113, 255, 0], [255, 0, 113],
+        [142, 142, 142], [0, 255, 142], [142, 0, 255], [255, 142, 0], [0, 142, 28]]
+    distances = torch.cdist(farthest_point_colours(10, 3).float(), farthest_point_colours(10, 3).float())
+    assert (distances + torch.eye(10) * 1e9).min() > 140  # no two classes closer than 140 (cube edge 255)
+
+
+def test_grey_colours_are_the_ten_grey_levels_from_black():
+    grey = farthest_point_colours(K, 1).flatten()
+    assert grey[0] == 0 and grey[1] == 255
+    assert sorted(grey.tolist()) == [round(255 * i / 9) for i in range(10)]
+
+
+def test_class_colours_are_the_farthest_point_colours_permuted_by_the_seed():
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)  # the authors: torch.manual_seed(seed), then randperm(K) on the global generator
+        authors_perm = torch.randperm(K)
+        assert torch.equal(class_permutation(K, seed), authors_perm)
+        assert torch.equal(class_colours(K, 3, seed), farthest_point_colours(K, 3)[authors_perm])
+    assert not torch.equal(class_colours(K, 3, 0), class_colours(K, 3, 1))
+    assert class_colours(1, 3).tolist() == [[0, 0, 0]]
+
+
+@pytest.mark.parametrize("kind", ["location", "pixel_location", "aruco_location"])
+def test_class_locations_follow_the_authors_draws(kind):
+    """The authors draw, after seeding, the class permutation (colour and ArUco kinds only) and then per
+    class a row and a column uniform over every fitting position."""
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        if kind != "location":
+            torch.randperm(K)
+        expected = [(torch.randint(0, 29, (1,)).item(), torch.randint(0, 29, (1,)).item()) for _ in range(K)]
+        assert class_locations(K, 32, seed=seed, kind=kind).tolist() == [list(e) for e in expected]
+    locs = class_locations(K, 28, kind=kind)
+    assert locs.min() >= 0 and locs.max() <= 24 and torch.equal(locs, class_locations(K, 28, kind=kind))
+    with pytest.raises(ValueError, match="no class locations"):
+        class_locations(K, 32, kind="pixel")
 
 
 def test_aruco_patterns_match_opencv_dictionary_bits():
@@ -195,13 +255,14 @@ def test_grey_images_get_grey_markers():
     corners = top_left(patch_mask("pixel_location", ds.labels, channels=1, size=28))
     got = patches(add_shortcut(ds, "pixel_location").images, corners)
     assert torch.equal(got, class_colours(K, 1)[ds.labels].view(-1, 1, 1, 1).expand(-1, 1, 4, 4))
+    assert torch.equal(corners, class_locations(K, 28)[ds.labels])
 
 
 def test_larger_aruco_patch_is_upscaled_blockwise():
     ds = make_set(fill=0)
     marked = add_shortcut(ds, "aruco_location", patch=8).images
-    r, c = class_locations(K, 32, patch=8)[ds.labels[0]].tolist()
-    expected = aruco_patterns(K)[0].repeat_interleave(2, 0).repeat_interleave(2, 1)
+    r, c = class_locations(K, 32, patch=8, kind="aruco_location")[ds.labels[0]].tolist()
+    expected = aruco_patterns(K)[class_permutation(K, 0)[0]].repeat_interleave(2, 0).repeat_interleave(2, 1)
     assert torch.equal(marked[0, 1, r:r + 8, c:c + 8], expected)
     with pytest.raises(ValueError, match="multiple of 4"):
         add_shortcut(ds, "aruco", patch=6)
