@@ -1,0 +1,187 @@
+"""Claims as statements with their uncertainty: a margin, its 95% interval and a verdict.
+
+A claim compares two quantities A and B computed from result rows and asserts A > B (write the claim the
+other way round for "A < B"). Its margin is A - B; the interval comes from resampling what varies between
+runs, cheapest first:
+
+  images   a paired bootstrap over test images: A and B are scored on the same images, so each resample
+           draws one set of image indices for both (free: the per-image scores are already there)
+  seeds    clustered over seeds: each resample first draws seeds with replacement (stitch seeds, or base-model
+           seeds where a profile has several), then images within them
+
+  HOLDS          the interval lies above zero: the data support the statement
+  CONTRADICTED   the interval lies below zero: the data support its opposite
+  INCONCLUSIVE   the interval contains zero: the difference is inside the noise
+
+Kinds: "paper" for a claim of one of the papers, "target" for a goal this project set itself (e.g. a base
+model's accuracy), "sanity" for what must hold for the testbed to mean anything. Only paper claims count in
+the README's summary; all three are listed in `figures/<profile>/claims.csv`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+VERDICTS = ("HOLDS", "CONTRADICTED", "INCONCLUSIVE")
+KINDS = ("paper", "target", "sanity")
+LEVEL = 0.95  # two-sided coverage of every interval
+N_BOOT = 2000  # bootstrap resamples: the interval's ends move by ~0.1 of a point between 2000-resample runs
+CSV_COLUMNS = ("notebook", "claim_id", "statement", "figure", "kind", "a", "b", "value_a", "value_b", "margin",
+               "ci_low", "ci_high", "n", "sources", "verdict")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What is claimed: an id, where (notebook, figure), the statement, and what A and B are."""
+
+    id: str
+    notebook: str
+    figure: str
+    statement: str  # one line, as the paper says it (A > B is what it asserts)
+    a: str  # the quantity that should be larger
+    b: str
+    kind: str = "paper"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id}: kind must be one of {KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A claim judged on data."""
+
+    claim: Claim
+    value_a: float
+    value_b: float
+    margin: float  # value_a - value_b
+    ci_low: float
+    ci_high: float
+    n: int  # test images (times seeds) behind each value
+    sources: str  # what the interval resamples, e.g. "images" or "images+seeds"
+
+    @property
+    def verdict(self) -> str:
+        return verdict_of(self.ci_low, self.ci_high)
+
+    def row(self) -> dict:
+        c = self.claim
+        return {"notebook": c.notebook, "claim_id": c.id, "statement": c.statement, "figure": c.figure, "kind": c.kind,
+                "a": c.a, "b": c.b, "value_a": self.value_a, "value_b": self.value_b, "margin": self.margin,
+                "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n, "sources": self.sources,
+                "verdict": self.verdict}
+
+
+def verdict_of(ci_low: float, ci_high: float) -> str:
+    """HOLDS above zero, CONTRADICTED below, INCONCLUSIVE when the interval contains zero (or is NaN)."""
+    if ci_low > 0:
+        return "HOLDS"
+    if ci_high < 0:
+        return "CONTRADICTED"
+    return "INCONCLUSIVE"
+
+
+def _as_units(x, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image scores as [units, images] and each unit's seed (all 0 when none are given)."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"per-image scores must be [units, images] with at least one image, got shape {x.shape}")
+    seeds = np.zeros(len(x), dtype=int) if seeds is None else np.asarray(seeds)
+    if len(seeds) != len(x):
+        raise ValueError(f"{len(seeds)} seeds for {len(x)} units")
+    return x, seeds
+
+
+def paired_bootstrap(a, b, *, seeds_a: Sequence | None = None, seeds_b: Sequence | None = None,
+                     n_boot: int = N_BOOT, level: float = LEVEL, rng_seed: int = 0) -> tuple[float, float, float, str]:
+    """Margin mean(A) - mean(B) and its percentile interval.
+
+    Args:
+        a, b: per-image scores [units, images] (a unit is one stitched model: an objective at a point, a seed...;
+            each row a score per test image, e.g. 100 * correct, or the agreement probability). Both must score
+            the same images in the same order (paired).
+        seeds_a, seeds_b: the seed of each unit; when more than one seed occurs, resamples draw seeds first
+            (the same draw for A and B: a seed's A and B units stay together), then images.
+    Returns (margin, ci_low, ci_high, sources).
+    """
+    a, sa = _as_units(a, seeds_a)
+    b, sb = _as_units(b, seeds_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"A and B must score the same images: {a.shape[1]} vs {b.shape[1]}")
+    margin = float(a.mean() - b.mean())
+    seeds = np.unique(np.concatenate([sa, sb]))
+    rng = np.random.default_rng(rng_seed)
+    n_img = a.shape[1]
+    # per seed, the mean over that seed's units of each image: [seeds, images]
+    per_seed_a = np.stack([a[sa == s].mean(0) if (sa == s).any() else np.full(n_img, np.nan) for s in seeds])
+    per_seed_b = np.stack([b[sb == s].mean(0) if (sb == s).any() else np.full(n_img, np.nan) for s in seeds])
+    draws = np.empty(n_boot)
+    for k in range(n_boot):
+        chosen = rng.integers(0, len(seeds), len(seeds)) if len(seeds) > 1 else np.zeros(1, dtype=int)
+        images = rng.integers(0, n_img, n_img)
+        draws[k] = np.nanmean(per_seed_a[chosen][:, images]) - np.nanmean(per_seed_b[chosen][:, images])
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    return margin, float(low), float(high), "images+seeds" if len(seeds) > 1 else "images"
+
+
+def judge(claim: Claim, a, b, **kw) -> Verdict:
+    """The claim's verdict from per-image scores of A and B (see `paired_bootstrap` for the arguments)."""
+    a_arr, _ = _as_units(a, kw.get("seeds_a"))
+    b_arr, _ = _as_units(b, kw.get("seeds_b"))
+    margin, low, high, sources = paired_bootstrap(a, b, **kw)
+    return Verdict(claim, float(a_arr.mean()), float(b_arr.mean()), margin, low, high, a_arr.shape[1], sources)
+
+
+def judge_values(claim: Claim, a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT,
+                 level: float = LEVEL, rng_seed: int = 0) -> Verdict:
+    """For quantities with no per-image score (CKA, an IRI error): a bootstrap over the repeated values
+    (seeds, points) of A and B, paired by position. With a single value each the interval is that point:
+    say so by passing more repeats; the verdict is then only as good as one run."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"judge_values needs paired 1-D values of equal length, got {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(rng_seed)
+    draws = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return Verdict(claim, float(a.mean()), float(b.mean()), float(d.mean()), float(low), float(high), len(d),
+                   f"{len(d)} paired values")
+
+
+def table(verdicts: Sequence[Verdict]):
+    """The verdicts as a DataFrame with the claims.csv columns."""
+    import pandas as pd
+
+    return pd.DataFrame([v.row() for v in verdicts], columns=list(CSV_COLUMNS))
+
+
+def render(verdicts: Sequence[Verdict]):
+    """A readable verdict table for a notebook: claim, figure, values, margin [interval], verdict."""
+    df = table(verdicts)
+    shown = df[["claim_id", "statement", "figure", "kind"]].copy()
+    shown["A vs B"] = [f"{a}: {va:.1f} vs {b}: {vb:.1f}" for a, va, b, vb in zip(df.a, df.value_a, df.b, df.value_b)]
+    shown["margin [95% CI]"] = [f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" for m, lo, hi in zip(df.margin, df.ci_low, df.ci_high)]
+    shown["n"] = df.n
+    shown["verdict"] = df.verdict
+    return shown
+
+
+def save(verdicts: Sequence[Verdict], profile: str, notebook: str):
+    """Write this notebook's verdicts into figures/<profile>/claims.csv (the other notebooks' rows are kept)."""
+    import pandas as pd
+
+    from .paths import figures_dir
+    from .store import atomic_write_text, file_lock
+
+    path = figures_dir(profile) / "claims.csv"
+    with file_lock(path):
+        old = pd.read_csv(path, dtype={"notebook": str}) if path.exists() else pd.DataFrame(columns=list(CSV_COLUMNS))
+        new = pd.concat([old[old.notebook != notebook], table(verdicts)], ignore_index=True)
+        atomic_write_text(path, new.sort_values(["notebook", "claim_id"]).to_csv(index=False))
+    return path
