@@ -244,9 +244,10 @@ class Stitchable(nn.Module):
     def _check_cuts(self) -> None:
         """Every point must be the only input-dependent tensor that flows past it."""
         graph = self._graph
+        image = next(n for n in graph.nodes if n.op == "placeholder")  # the rest are optional arguments (masks...)
         input_dependent = set()
         for node in graph.nodes:  # topological order
-            if node.op == "placeholder" or any(i in input_dependent for i in node.all_input_nodes):
+            if node is image or any(i in input_dependent for i in node.all_input_nodes):
                 input_dependent.add(node)
         output = next(n for n in graph.nodes if n.op == "output")
         for name, cut in zip(self.stitch_points, self._nodes):
@@ -257,7 +258,8 @@ class Stitchable(nn.Module):
             if crossing:
                 raise StitchPointError(
                     f"cannot cut {type(self.model).__name__} at stitch point {name!r}: besides its output, the tensor(s) "
-                    f"{crossing} also flow from before the point to after it (e.g. a skip connection around it), so "
+                    f"{crossing} also flow from before the point to after it (e.g. a skip connection around it, or a "
+                    f"size read from the input's shape), so "
                     f"the rest of the network cannot be run from this activation alone. Choose the module that "
                     f"encloses the whole block (e.g. the residual block instead of a layer inside it)")
 
@@ -286,13 +288,12 @@ class Stitchable(nn.Module):
         needed = set()
         for out in (outputs if isinstance(outputs, list) else [outputs]):
             needed |= _ancestors(out, stop=cut)
+        if cut is not None:  # the activation is the first argument; optional ones (with defaults) follow
+            env[cut] = graph.placeholder("a")
         for node in self._graph.nodes:
-            if node.op == "output" or node not in needed:
+            if node.op == "output" or node not in needed or node is cut:
                 continue
-            if node is cut:
-                env[node] = graph.placeholder("a")
-            else:
-                env[node] = graph.node_copy(node, lambda n: env[n])
+            env[node] = graph.node_copy(node, lambda n: env[n])
         graph.output(fx.node.map_arg(outputs, lambda n: env[n]) if not isinstance(outputs, list)
                      else tuple(env[n] for n in outputs))
         gm = fx.GraphModule(self._root, graph, class_name=f"{type(self.model).__name__}_{kind}{'' if k is None else k}")
