@@ -25,7 +25,7 @@ ImageNet's mean and std), so attacks and IRIs work in the natural input box.
 from __future__ import annotations
 
 import difflib
-import math
+import sys
 import warnings
 from typing import Sequence
 
@@ -62,7 +62,10 @@ class _PointTracer(fx.Tracer):
 
 
 def _timm_trace_helpers() -> tuple[tuple, tuple]:
-    """timm's own lists of modules and functions that symbolic tracing must not enter (empty without timm)."""
+    """timm's own lists of modules and functions that symbolic tracing must not enter (empty unless timm
+    has been imported: a timm model means timm is loaded, and other models need not pay its import)."""
+    if "timm" not in sys.modules:
+        return (), ()
     try:
         from timm.layers import _fx as timm_fx  # noqa: PLC0415
     except Exception:  # timm is optional
