@@ -248,3 +248,18 @@ def test_own_data_in_the_cached_runner(tmp_path):
                         progress=False)
     rows = stitcher.evaluate([StitchJob("layer2", "layer2", "fula")], [EvalSpec(DataSpec(name, "test"))])
     assert {r["metric"] for r in rows} == {"accuracy", "agreement"} and all(r["value"] == r["value"] for r in rows)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vit_tiny"])
+def test_paper2_architectures_train_and_restore_through_the_zoo(arch):
+    from fula_core import config, train
+
+    cfg = dataclasses.replace(config.get_profile("smoke").train_config("synthetic", 0, arch=arch), width=2, epochs=1,
+                              train_subset=64, batch_size=32)
+    assert cfg.lr == 0.01  # the authors' recipe for VGG-16 and ViT-Tiny
+    model = train.train_model(cfg, data.load("synthetic", "train"), progress=False)
+    assert len(model.stitch_points) == {"vgg16": 6, "vit_tiny": 13}[arch]
+    restored = train.restore_model(train.model_payload(model), cfg, "memory")
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(x), model.eval()(x))
