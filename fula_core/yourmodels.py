@@ -31,9 +31,9 @@ class Sizes:
     base_images: int  # training images of each base model
     base_epochs: int
     width: int  # VGG first-stage channels; the ViT's embedding is 3 * width
-    stitch_images: int
+    stitch_images: int  # real images the least-squares init draws from
     stitch_epochs: int
-    iri_images: int
+    iri_images: int  # images inverted per front point; both data modes train on these (real) or their IRIs
     iri_steps: int
     iri_step_size: float
     test_images: int
@@ -42,8 +42,9 @@ class Sizes:
 SIZES = {
     "smoke": Sizes(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
                    iri_steps=3, iri_step_size=8 / 255, test_images=128),
-    "quick": Sizes(base_images=6000, base_epochs=4, width=8, stitch_images=2000, stitch_epochs=2, iri_images=1000,
-                   iri_steps=40, iri_step_size=4 / 255, test_images=2000),
+    # quick: a few CPU minutes (not yet measured; the ResNet's training and the IRIs of its deep points dominate)
+    "quick": Sizes(base_images=4000, base_epochs=3, width=8, stitch_images=1000, stitch_epochs=3, iri_images=500,
+                   iri_steps=30, iri_step_size=4 / 255, test_images=2000),
     "paper": Sizes(base_images=60000, base_epochs=30, width=64, stitch_images=60000, stitch_epochs=10, iri_images=10000,
                    iri_steps=200, iri_step_size=1 / 255, test_images=10000),
 }
