@@ -37,8 +37,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class StitchPointError(ValueError):
-    """A stitch point that does not exist or at which the network cannot be cut; the message says why."""
+class StitchPointError(ValueError, IndexError):
+    """A stitch point that does not exist or at which the network cannot be cut; the message says why.
+    (An IndexError too, like the project ResNets' out-of-range points, so either catch works.)"""
 
 
 def _closest(name: str, valid: Sequence[str]) -> str:
@@ -123,7 +124,7 @@ class Stitchable(nn.Module):
         if trace:
             self._trace()
         if not self.traced:
-            self._hook_fallback_note()
+            self._nodes = []
 
     # ------------------------------------------------------------------------------------------------
     # points
@@ -311,9 +312,6 @@ class Stitchable(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     # the hook fallback (untraceable networks)
-
-    def _hook_fallback_note(self) -> None:
-        self._nodes = []
 
     def _dummy_input(self, a: torch.Tensor) -> torch.Tensor:
         if self.input_shape is None:
