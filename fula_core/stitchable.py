@@ -89,7 +89,7 @@ class Stitchable(nn.Module):
     def __init__(self, model: nn.Module, points: Sequence[str], *, in_channels: int | None = None,
                  num_classes: int | None = None, input_range: tuple[float, float] = (0.0, 1.0),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 input_shape: Sequence[int] | None = None, trace: bool = True):
+                 input_shape: Sequence[int] | None = None, channels_last: bool = False, trace: bool = True):
         super().__init__()
         self.model = model
         points = list(points)
@@ -118,6 +118,8 @@ class Stitchable(nn.Module):
         self.register_buffer("_std", torch.tensor(std if std is not None else [1.0] * c, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
         self._identity_input = self.input_range == (0.0, 1.0) and mean is None and std is None
+        # networks whose feature maps are [B, H, W, C] (Swin, ConvNeXt-style blocks): the library sees [B, C, H, W]
+        self.channels_last = channels_last
         self._graph: fx.Graph | None = None
         self._subgraphs: dict = {}
         self.traced = False
@@ -171,6 +173,14 @@ class Stitchable(nn.Module):
             x = x * (hi - lo) + lo
         return (x - self._mean) / self._std
 
+    def _out(self, a: torch.Tensor) -> torch.Tensor:
+        """A point's activation as the library sees it (channels first)."""
+        return a.permute(0, 3, 1, 2) if self.channels_last and a.dim() == 4 else a
+
+    def _in(self, a: torch.Tensor) -> torch.Tensor:
+        """An activation from the library in the network's own layout."""
+        return a.permute(0, 2, 3, 1) if self.channels_last and a.dim() == 4 else a
+
     # ------------------------------------------------------------------------------------------------
     # the protocol
 
@@ -184,7 +194,7 @@ class Stitchable(nn.Module):
             *acts, logits = self._sub("all")(x)
         else:
             acts, logits = self._hooked(x, None, None)
-        acts = list(acts)
+        acts = [self._out(a) for a in acts]
         return (acts, logits) if with_logits else acts
 
     def activations_upto(self, x: torch.Tensor, k: int | str) -> torch.Tensor:
@@ -192,23 +202,25 @@ class Stitchable(nn.Module):
         k = self.point_index(k)
         x = self.preprocess(x)
         if self.traced:
-            return self._sub("upto", k)(x)
-        return self._hooked(x, None, None, stop_at=k)
+            return self._out(self._sub("upto", k)(x))
+        return self._out(self._hooked(x, None, None, stop_at=k))
 
     def activations_from(self, a: torch.Tensor, k: int | str, with_logits: bool = False):
         """Place `a` at point k; the activations at every later point (and the logits if asked): g_{>k}."""
         k = self.point_index(k)
+        a = self._in(a)
         if self.traced:
             *acts, logits = self._sub("from", k)(a)
         else:
             acts, logits = self._hooked(self._dummy_input(a), k, a)
             acts = acts[k + 1:]
-        acts = list(acts)
+        acts = [self._out(t) for t in acts]
         return (acts, logits) if with_logits else acts
 
     def forward_from(self, a: torch.Tensor, k: int | str) -> torch.Tensor:
         """The logits when activation `a` is placed at point k."""
         k = self.point_index(k)
+        a = self._in(a)
         if self.traced:
             return self._sub("head", k)(a)
         return self._hooked(self._dummy_input(a), k, a)[1]
@@ -394,6 +406,8 @@ def stitchable(model: nn.Module, points: Sequence[str], **options) -> Stitchable
         input_range: the value range the network expects, e.g. (-1, 1); inputs to the wrapper are in [0, 1].
         mean, std: per-channel normalisation applied after the range, e.g. IMAGENET_MEAN / IMAGENET_STD.
         input_shape: (C, H, W), for point_shapes() and for the hook fallback.
+        channels_last: the network's feature maps are [B, H, W, C] (torchvision's Swin, for example); the
+            library then sees them as [B, C, H, W]. Without it such a map would be read as C=H, H=W, W=C.
         trace: False forces the hook fallback (for testing; tracing is the default).
     """
     return Stitchable(model, points, **options)

@@ -263,3 +263,26 @@ def test_paper2_architectures_train_and_restore_through_the_zoo(arch):
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(restored.eval()(x), model.eval()(x))
+
+
+class ChannelsLast(nn.Module):
+    """Feature maps kept as [B, H, W, C] between blocks, as Swin transformers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(3, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x.permute(0, 2, 3, 1))))
+        return self.head(h.mean((1, 2)))
+
+
+def test_channels_last_feature_maps_are_seen_channels_first():
+    torch.manual_seed(0)
+    net = models.stitchable(ChannelsLast(), ["a", "b"], channels_last=True).eval()
+    x = torch.rand(2, 3, 8, 8)
+    acts = net.activations(x)
+    assert [tuple(a.shape[1:]) for a in acts] == [(6, 8, 8), (5, 8, 8)]
+    torch.testing.assert_close(net.forward_from(acts[0], "a"), net(x))
+    torch.testing.assert_close(net.activations_from(acts[0], 0)[0], acts[1])
+
