@@ -4,6 +4,8 @@
     front, end = models.build("resnet18", 10), models.build("resnet18", 10)
     jobs = [stitching.StitchJob(k, k, "fula") for k in range(9)]
     outcomes = stitching.train_stitches(front, end, jobs, train_data)
+
+Any other network: models.stitchable(net, ["layer1", "layer2", ...]) (module names as stitch points).
 """
 import os as _os
 import pathlib as _pathlib
@@ -24,6 +26,7 @@ def _check_repository() -> None:
 
 _check_repository()
 
-from . import attacks, config, data, invariance, metrics, models, simclr, stitching, store, toy, train  # noqa: E402,F401
+from . import attacks, config, data, invariance, metrics, models, simclr, stitchable, stitching, store, toy, train  # noqa: E402,F401
 
-__all__ = ["attacks", "config", "data", "invariance", "metrics", "models", "simclr", "stitching", "store", "toy", "train"]
+__all__ = ["attacks", "config", "data", "invariance", "metrics", "models", "simclr", "stitchable", "stitching", "store",
+           "toy", "train"]

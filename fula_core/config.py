@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .models import ARCH_TRAIN_OVERRIDES
 from .stitching import StitchConfig
 from .train import TrainConfig
 
@@ -88,8 +89,10 @@ class Profile:
     def train_config(self, dataset: str, seed: int, *, robust: bool = False, arch: str | None = None,
                      **overrides) -> TrainConfig:
         """The TrainConfig of one base model of this profile."""
-        cfg = dataclasses.replace(self.base, **{"dataset": dataset, "seed": seed, "arch": arch or self.archs[0],
-                                                "train_subset": self.train_subset.get(dataset), **overrides})
+        arch = arch or self.archs[0]
+        cfg = dataclasses.replace(self.base, **{"dataset": dataset, "seed": seed, "arch": arch,
+                                                "train_subset": self.train_subset.get(dataset),
+                                                **ARCH_TRAIN_OVERRIDES.get(arch, {}), **overrides})
         if robust:
             cfg = dataclasses.replace(cfg, adv_alpha=self.robust_alpha, epochs=self.robust_epochs,
                                       **{k: v for k, v in self.robust_overrides.items() if k not in overrides})

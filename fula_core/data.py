@@ -92,6 +92,9 @@ class ImageSet:
     name: str  # "<data set>/<split>", with suffixes for derived sets, e.g. "cifar10/train+pixel(layout=0)(draws=0)"
     markers: MarkerSpec | None = None
     clean_images: torch.Tensor | None = None
+    # crop/flip recipe {"crop_padding": int, "flip": bool} for batches(augment_data=True); None: the
+    # registered recipe of the set's base name (DATASET_INFO). {"crop_padding": 0, "flip": False} = none.
+    augmentation: dict | None = None
 
     def __post_init__(self):
         # Catch shape and dtype mistakes where the set is made, not deep inside a training loop.
@@ -112,6 +115,49 @@ class ImageSet:
                                               self.clean_images.device != self.images.device):
             raise ValueError(f"ImageSet {self.name!r}: clean_images must match images (uint8, same shape and device)")
         object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def from_tensors(cls, images: torch.Tensor, labels, classes=None, name: str = "custom", split: str = "train",
+                     augmentation: dict | None = None) -> "ImageSet":
+        """Your own images as an ImageSet: uint8 in 0..255 or float in [0, 1], [N, C, H, W] or [N, H, W]
+        (one channel); labels 0..K-1. classes: names (default "0".."K-1"); augmentation: the crop/flip
+        recipe for training, e.g. {"crop_padding": 4, "flip": True} (default: none)."""
+        images = torch.as_tensor(images)
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        if images.dtype != torch.uint8:
+            if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
+                raise ValueError(f"float images must lie in [0, 1] (got {float(images.min()):.3g}..{float(images.max()):.3g}): "
+                                 f"the library's models see images in [0, 1]; pass uint8 images or rescale first")
+            images = images.float().mul(255).round().clamp(0, 255).to(torch.uint8)
+        labels = torch.as_tensor(labels).long().view(-1)
+        k = int(labels.max()) + 1 if len(labels) else 0
+        classes = tuple(str(c) for c in (classes if classes is not None else range(k)))
+        if len(labels) and k > len(classes):
+            raise ValueError(f"label {k - 1} has no class name: got {len(classes)} classes")
+        aug = dict(crop_padding=0, flip=False) if augmentation is None else _checked_augmentation(augmentation)
+        return cls(images.contiguous(), labels, classes, f"{name}/{split}", aug)
+
+    @classmethod
+    def from_dataset(cls, dataset, name: str = "custom", split: str = "train", classes=None,
+                     augmentation: dict | None = None, limit: int | None = None) -> "ImageSet":
+        """Any torchvision-style data set (items (image, label); PIL images, arrays or tensors, before any
+        normalisation) read into memory; `limit` keeps the first items only. Class names from
+        `dataset.classes` when it has them."""
+        import numpy as np  # noqa: F811
+
+        images, labels = [], []
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        for i in range(n):
+            image, label = dataset[i]
+            if not isinstance(image, torch.Tensor):
+                image = torch.from_numpy(np.array(image))
+                image = image.unsqueeze(0) if image.dim() == 2 else image.permute(2, 0, 1)  # HWC -> CHW
+            images.append(image)
+            labels.append(int(label))
+        stacked = torch.stack(images)
+        classes = classes if classes is not None else getattr(dataset, "classes", None)
+        return cls.from_tensors(stacked, torch.tensor(labels), classes, name, split, augmentation)
 
     def __repr__(self) -> str:
         """A one-line summary instead of the tensors' contents."""
@@ -186,6 +232,25 @@ def data_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "data"
 
 
+_REGISTERED: dict[str, dict[str, ImageSet]] = {}
+
+
+def register(name: str, train: ImageSet, test: ImageSet | None = None) -> str:
+    """Make your own data usable wherever the library takes a data set name (load, experiments.DataSpec,
+    the cached runner). Returns the name to use: `name` plus a fingerprint of the images and labels, so
+    that cached results of different data never share a key."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (train, test):
+        if part is not None:
+            digest.update(part.images.cpu().numpy().tobytes()), digest.update(part.labels.cpu().numpy().tobytes())
+    key = f"{name}@{digest.hexdigest()[:10]}"
+    splits = {"train": train} if test is None else {"train": train, "test": test}
+    _REGISTERED[key] = {s: dataclasses.replace(d, name=f"{key}/{s}") for s, d in splits.items()}
+    return key
+
+
 def load(name: str, split: str, root=None, device="cpu") -> ImageSet:
     """Read a whole split of a data set into memory.
 
@@ -193,8 +258,13 @@ def load(name: str, split: str, root=None, device="cpu") -> ImageSet:
     split: "train" or "test" (for LS-ImageNet-10 "test" is ImageNet's validation set).
     root: the folder to read from (default `data_root()`); see each loader for the layout it expects.
     """
+    if name in _REGISTERED:
+        if split not in _REGISTERED[name]:
+            raise ValueError(f"data set {name!r} was registered without a {split!r} split")
+        return _REGISTERED[name][split].to(device)
     if name not in _LOADERS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(_LOADERS)}")
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join([*_LOADERS, *_REGISTERED])} "
+                         f"(your own data: data.register(name, ImageSet.from_tensors(...)))")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(SPLITS)}")
     root = pathlib.Path(root).expanduser() if root is not None else data_root()
@@ -587,9 +657,7 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if augment_data and data.base_name not in DATASET_INFO:
-        raise ValueError(f"no augmentation settings for {data.name!r}: its base name {data.base_name!r} "
-                         f"is none of {', '.join(DATASET_INFO)}")
+    info = augmentation_of(data) if augment_data else {}
     n = len(data)
     device = data.labels.device
     if shuffle:
@@ -598,16 +666,34 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
     else:
         order = torch.arange(n, device=device)
     stop = n - n % batch_size if drop_last else n
-    info = DATASET_INFO.get(data.base_name, {})
     source = data.images if data.markers is None else data.clean_images
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
         images, labels = source[idx], data.labels[idx]
-        if augment_data:
+        if augment_data and (info["crop_padding"] or info["flip"]):
             images = augment_uint8(images, info["crop_padding"], info["flip"], generator)
         if data.markers is not None:
             images = paste_markers(images, labels, data.markers, data.num_classes, generator)
         yield to_float(images), labels
+
+
+def _checked_augmentation(aug: dict) -> dict:
+    unknown = set(aug) - {"crop_padding", "flip"}
+    if unknown or int(aug.get("crop_padding", 0)) < 0:
+        raise ValueError(f"augmentation is {{'crop_padding': int >= 0, 'flip': bool}}, got {aug}")
+    return {"crop_padding": int(aug.get("crop_padding", 0)), "flip": bool(aug.get("flip", False))}
+
+
+def augmentation_of(data: ImageSet) -> dict:
+    """The crop/flip recipe of `data`: its own, else its data set's registered one."""
+    if data.augmentation is not None:
+        return _checked_augmentation(data.augmentation)
+    if data.base_name in DATASET_INFO:
+        info = DATASET_INFO[data.base_name]
+        return {"crop_padding": info["crop_padding"], "flip": info["flip"]}
+    raise ValueError(f"no augmentation settings for {data.name!r}: its base name {data.base_name!r} is none of "
+                     f"{', '.join(DATASET_INFO)}; give the set its own, e.g. dataclasses.replace(data, "
+                     f"augmentation={{'crop_padding': 4, 'flip': True}}), or train with augment=False")
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -22,7 +22,7 @@ from . import metrics
 from .config import Profile, get_profile
 from .crosslayer import OBJECTIVE_LABELS, eval_spec, train_spec
 from .experiments import Stitcher, baseline_rows
-from .models import NUM_STITCH_POINTS, build, eval_mode
+from .models import build, eval_mode
 from .stitching import OBJECTIVES, StitchJob
 from .store import ResultStore
 
@@ -46,9 +46,9 @@ class Explorer:
         self.configs = dict(configs) if configs is not None else zoo_configs(self.P, arch)
         self.model_ids = list(self.configs)
         self.objectives = tuple(dict.fromkeys(tuple(self.P.objectives) + ("dm",)))
-        self.points = list(range(NUM_STITCH_POINTS))
         first = next(iter(self.configs.values()))
         self.point_names = build(first.arch, 2, 1, width=1).stitch_points
+        self.points = list(range(len(self.point_names)))
         self._stitchers: dict[tuple[str, str], Stitcher] = {}
         self.controls: dict = {}  # the widgets of the last .widget() box, by name
 

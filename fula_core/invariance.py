@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from . import metrics
 from .data import ImageSet
-from .models import MODELS_VERSION, NUM_STITCH_POINTS, StitchableResNet, eval_mode
+from .models import MODELS_VERSION, eval_mode
 from .shortcuts import add_shortcut
 from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, predict, relative_error, result_row, train_stitches
 from .store import NO_CHECKPOINT, Checkpointer, ResultStore
@@ -101,14 +101,14 @@ def _batch_seed(seed: int, start: int) -> int:
 
 
 def _check_inversion_args(model, point, images, steps, step_size, batch_size) -> None:
-    if not isinstance(model, StitchableResNet):
-        raise TypeError(f"IRIs need a StitchableResNet front model (models.build), got {type(model).__name__}")
-    if not isinstance(point, int) or not 0 <= point < NUM_STITCH_POINTS:
-        raise IndexError(f"stitch point {point!r} is out of range: stitch points are 0..{NUM_STITCH_POINTS - 1}")
+    if not hasattr(model, "activations_upto") or not hasattr(model, "point_index"):
+        raise TypeError(f"IRIs need a stitchable front model (models.build, or any network wrapped with "
+                        f"models.stitchable(model, points)), got {type(model).__name__}")
+    model.point_index(point)  # a clear error for an unknown name or an index out of range
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"IRIs are generated for uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}: "
                         f"pass ImageSet.images, not float images")
-    if images.shape[1] != model.in_channels:
+    if getattr(model, "in_channels", None) is not None and images.shape[1] != model.in_channels:
         raise ValueError(f"the images have {images.shape[1]} channels but the front model takes {model.in_channels}: "
                          f"invert images of the data set the model was trained on")
     if len(images) == 0:
@@ -117,7 +117,7 @@ def _check_inversion_args(model, point, images, steps, step_size, batch_size) ->
         raise ValueError(f"need steps >= 0, step_size > 0 and batch_size >= 1; got {steps}, {step_size}, {batch_size}")
 
 
-def generate_iris(model: StitchableResNet, point: int, images: ImageSet | torch.Tensor, *, steps: int = 200,
+def generate_iris(model, point: int, images: ImageSet | torch.Tensor, *, steps: int = 200,
                   step_size: float = 1 / 255, batch_size: int = 256, seed: int = 0, progress: bool = True,
                   checkpoint: Checkpointer = NO_CHECKPOINT) -> IRIs:
     """Invert `model` at stitch point `point`: one IRI per image, started from uniform noise.
@@ -130,7 +130,7 @@ def generate_iris(model: StitchableResNet, point: int, images: ImageSet | torch.
 
     Args:
         model: the front model f (any device; the IRIs are computed there).
-        point: stitch point l (0..8).
+        point: stitch point l, an index or a point name of the model.
         images: uint8 source images, an ImageSet (the IRIs keep its labels) or a tensor [N, C, H, W].
         steps, step_size: the sign-gradient schedule (paper: 200 steps of 1/255).
         batch_size: images inverted together; the starting noise is drawn per batch from `seed`.
@@ -188,7 +188,7 @@ def generate_iris(model: StitchableResNet, point: int, images: ImageSet | torch.
                 torch.cat(done["norm"]), torch.stack(done["curve"]))
 
 
-def iri_set(store: ResultStore, model_cfg, model: StitchableResNet, point: int, data: ImageSet, *,
+def iri_set(store: ResultStore, model_cfg, model, point: int, data: ImageSet, *,
             steps: int = 200, step_size: float = 1 / 255, samples: int | None = None, seed: int = 0,
             batch_size: int = 256, progress: bool = True) -> IRIs:
     """The IRIs of `model` at `point` for (a fixed subset of) `data`, cached in `store` (kind "iri").
@@ -240,7 +240,7 @@ def score_stitch(model: nn.Module, test: ImageSet, end_logits: torch.Tensor, num
             "chance_normalised_agreement": metrics.chance_normalised_agreement(agreement, num_classes)}
 
 
-def invariance_aware_stitching(front: StitchableResNet, end: StitchableResNet, points: Sequence[int],
+def invariance_aware_stitching(front, end, points: Sequence[int],
                                objectives: Sequence[str], real_train: ImageSet,
                                iri_sets: Mapping[int, IRIs | ImageSet] | None, test: ImageSet,
                                cfg: StitchConfig = StitchConfig(), *, alpha: float = 0.0, bn_mode: str = "eval",
@@ -346,13 +346,13 @@ def _point_cka(front, end, images: torch.Tensor, points: Sequence[int], batch_si
             fa, ga = [front.activations_upto(x, points[0])], [end.activations_upto(x, points[0])]
         else:
             f_all, g_all = front.activations(x), end.activations(x)
-            fa, ga = [f_all[p] for p in points], [g_all[p] for p in points]
+            fa, ga = [f_all[front.point_index(p)] for p in points], [g_all[end.point_index(p)] for p in points]
         for p, a, b in zip(points, fa, ga):
             ckas[p].update(a, b)
     return {p: c.value() for p, c in ckas.items()}
 
 
-def cka_per_point(front: StitchableResNet, end: StitchableResNet, data: ImageSet | Mapping[int, IRIs | ImageSet],
+def cka_per_point(front, end, data: ImageSet | Mapping[int, IRIs | ImageSet],
                   points: Sequence[int], batch_size: int = 128) -> dict[int, float]:
     """Minibatch linear CKA between f_{<=l} and g_{<=l} at every stitch point l in `points`.
 
@@ -365,9 +365,8 @@ def cka_per_point(front: StitchableResNet, end: StitchableResNet, data: ImageSet
     """
     if batch_size < 4:
         raise ValueError(f"minibatch CKA needs batches of at least 4 images, got batch_size={batch_size}")
-    for p in points:
-        if not isinstance(p, int) or not 0 <= p < NUM_STITCH_POINTS:
-            raise IndexError(f"stitch point {p!r} is out of range: stitch points are 0..{NUM_STITCH_POINTS - 1}")
+    for p in points:  # a clear error for an unknown name or an index out of range, on either model
+        front.point_index(p), end.point_index(p)
     with eval_mode(front, end):
         if isinstance(data, Mapping):
             missing = [p for p in points if p not in data]

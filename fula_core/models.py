@@ -11,6 +11,7 @@ in the natural input box.
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 
 import torch
@@ -25,7 +26,7 @@ ARCHITECTURES = {
     "resnet34": ((3, 4, 6, 3), True),
     "resnet18_noskip": ((2, 2, 2, 2), False),
 }
-NUM_STITCH_POINTS = 9
+NUM_STITCH_POINTS = 9  # of the project's ResNets (the papers' figures); other models: len(model.stitch_points)
 
 
 class BasicBlock(nn.Module):
@@ -105,12 +106,21 @@ class StitchableResNet(nn.Module):
         self.stitch_channels: list[int] = channels
         self._point_unit = point_units  # index into self.units of each stitch point
 
-    def _check_point(self, k: int) -> None:
-        if not isinstance(k, int) or not 0 <= k < NUM_STITCH_POINTS:
+    def point_index(self, k: int | str) -> int:
+        """Stitch point `k`, given by name ("layer2.0") or index, as an index; a clear error otherwise."""
+        if isinstance(k, str):
+            if k in self.stitch_points:
+                return self.stitch_points.index(k)
+            raise IndexError(f"{k!r} is not a stitch point of {self.arch}: its points are {', '.join(self.stitch_points)}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(self.stitch_points):
             raise IndexError(
-                f"stitch point {k!r} is out of range: {self.arch} has stitch points 0..{NUM_STITCH_POINTS - 1} "
+                f"stitch point {k!r} is out of range: {self.arch} has stitch points 0..{len(self.stitch_points) - 1} "
                 f"({', '.join(self.stitch_points)})"
             )
+        return k
+
+    def _check_point(self, k: int | str) -> int:
+        return self.point_index(k)
 
     def head(self, a: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
@@ -131,14 +141,14 @@ class StitchableResNet(nn.Module):
 
     def activations_upto(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The activation at stitch point k, running only the units it needs (f_{<=k})."""
-        self._check_point(k)
+        k = self._check_point(k)
         for unit in self.units[: self._point_unit[k] + 1]:
             x = unit(x)
         return x
 
     def activations_from(self, a: torch.Tensor, k: int, with_logits: bool = False):
         """Place `a` at stitch point k and return the activations at every later stitch point (g_{>k})."""
-        self._check_point(k)
+        k = self._check_point(k)
         later = set(self._point_unit[k + 1 :])
         acts = []
         for i in range(self._point_unit[k] + 1, len(self.units)):
@@ -149,33 +159,111 @@ class StitchableResNet(nn.Module):
 
     def forward_from(self, a: torch.Tensor, k: int) -> torch.Tensor:
         """Logits of the network when activation `a` is placed at stitch point k."""
-        self._check_point(k)
+        k = self._check_point(k)
         for unit in self.units[self._point_unit[k] + 1 :]:
             a = unit(a)
         return self.head(a)
 
 
-def build(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) -> StitchableResNet:
-    """Build a CIFAR-style network with 9 stitch points.
+# Paper 2's other architectures, built from torchvision through the generic wrapper (stitchable.py).
+# name -> the authors' stitch points (their models/model_utils.py) in our module names
+WRAPPED_ARCHITECTURES = {
+    # VGG-16-BN: the ReLU after the first and second conv, then the last ReLU of stages 2-5 (before each pool)
+    "vgg16": ["features.2", "features.5", "features.12", "features.22", "features.32", "features.42"],
+    # ViT-Tiny/4: the output of each of the 12 encoder blocks, then the pre-logit (class-token) feature
+    "vit_tiny": [f"encoder.layers.encoder_layer_{i}" for i in range(12)] + ["heads.pre_logits"],
+}
+# The authors train both with SGD at lr 0.01 (their base configs); the ResNets keep the paper's 0.1.
+ARCH_TRAIN_OVERRIDES = {"vgg16": {"lr": 0.01}, "vit_tiny": {"lr": 0.01}}
+VGG16_LAYOUT = (1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M")  # x width (64 = torchvision's)
+
+
+def vgg16(num_classes: int, in_channels: int = 3, width: int = 64):
+    """torchvision's VGG-16-BN for small images: `width` channels in the first stage (64 = the original),
+    `in_channels` input channels, pools with ceil_mode (so 28x28 inputs keep a 1x1 map after the fifth
+    pool; identical to floor mode on 32x32), and the ImageNet head (7x7 pooling, 4096 units) replaced by
+    1x1 pooling and a three-layer head 8*width units wide, as CIFAR VGGs do. Stitch points are in
+    `features` only, so the head's shape does not touch stitching."""
+    from torchvision.models.vgg import VGG, make_layers
+
+    from .stitchable import stitchable
+
+    features = make_layers([v if v == "M" else v * width for v in VGG16_LAYOUT], batch_norm=True)
+    features[0] = nn.Conv2d(in_channels, width, 3, padding=1)
+    for m in features:
+        if isinstance(m, nn.MaxPool2d):
+            m.ceil_mode = True
+    net = VGG(features, num_classes=num_classes)
+    d = 8 * width
+    net.avgpool = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Sequential(nn.Linear(d, d), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(d, d), nn.ReLU(True),
+                                   nn.Dropout(0.5), nn.Linear(d, num_classes))
+    return stitchable(net, WRAPPED_ARCHITECTURES["vgg16"], in_channels=in_channels, num_classes=num_classes,
+                      input_range=(-1.0, 1.0), input_shape=(in_channels, 32, 32))
+
+
+def vit_tiny(num_classes: int, in_channels: int = 3, width: int = 64, image_size: int = 32, patch_size: int = 4):
+    """ViT-Tiny/4 from torchvision's VisionTransformer: depth 12, 3 heads, embedding 3 * width (192 at
+    width 64, ViT-Tiny's), MLP 4x, patches of 4 pixels (8x8 = 64 patch tokens + the class token on 32x32).
+    The head is split into an identity `pre_logits` (the class-token feature, the 13th stitch point) and
+    the linear classifier; a 1-channel variant takes `in_channels=1`."""
+    from collections import OrderedDict
+
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from .stitchable import stitchable
+
+    dim = 3 * width
+    net = VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=12, num_heads=3, hidden_dim=dim,
+                            mlp_dim=4 * dim, num_classes=num_classes)
+    if in_channels != 3:
+        old = net.conv_proj
+        net.conv_proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        nn.init.trunc_normal_(net.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
+        nn.init.zeros_(net.conv_proj.bias)
+        del old
+    head = net.heads.head
+    net.heads = nn.Sequential(OrderedDict(pre_logits=nn.Identity(), head=head))
+    return stitchable(net, WRAPPED_ARCHITECTURES["vit_tiny"], in_channels=in_channels, num_classes=num_classes,
+                      input_range=(-1.0, 1.0), input_shape=(in_channels, image_size, image_size))
+
+
+def build(arch: str, num_classes: int, in_channels: int = 3, width: int = 64, image_size: int = 32):
+    """Build a network of the zoo with its stitch points.
 
     Args:
-        arch: "resnet18", "resnet34" or "resnet18_noskip" (ResNet18 without residual connections).
+        arch: "resnet18", "resnet34", "resnet18_noskip" (ResNet18 without residual connections): the
+            project's CIFAR ResNets with 9 stitch points; "vgg16" (6 points) or "vit_tiny" (ViT-Tiny/4,
+            13 points): paper 2's other architectures, torchvision models in the generic wrapper.
         num_classes: outputs of the final linear layer.
         in_channels: image channels (3 for CIFAR-10/ImageNet, 1 for Fashion-MNIST/digits).
-        width: channels of the stem and first stage (64 in the paper; narrower for CPU profiles).
+        width: channels of the first stage (64 in the paper; narrower for CPU profiles); the ViT's
+            embedding is 3 * width.
+        image_size: input side length (only the ViT's patch grid depends on it).
 
-    Returns a network with `.stitch_points`, `.activations(x)`, `.forward_from(a, k)` and
-    `.activations_from(a, k)`.
+    Returns a network with `.stitch_points`, `.activations(x)`, `.activations_upto(x, k)`,
+    `.activations_from(a, k)` and `.forward_from(a, k)` (k a point's name or index).
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if arch not in ARCHITECTURES and arch not in WRAPPED_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join([*ARCHITECTURES, *WRAPPED_ARCHITECTURES])}")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             raise TypeError(f"models.build: {name} must be an integer, got {value!r}")
     num_classes, in_channels, width = int(num_classes), int(in_channels), int(width)
     if num_classes < 2 or in_channels < 1 or width < 1:
         raise ValueError(f"need num_classes >= 2, in_channels >= 1, width >= 1; got {num_classes}, {in_channels}, {width}")
+    if arch == "vgg16":
+        return vgg16(num_classes, in_channels, width)
+    if arch == "vit_tiny":
+        return vit_tiny(num_classes, in_channels, width, image_size)
     return StitchableResNet(arch, num_classes, in_channels, width)
+
+
+def stitchable(model: nn.Module, points, **options):
+    """Wrap any network whose stitch points are module names: see fula_core.stitchable.stitchable."""
+    from .stitchable import stitchable as wrap
+
+    return wrap(model, points, **options)
 
 
 @contextlib.contextmanager

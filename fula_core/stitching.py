@@ -1,4 +1,6 @@
-"""Model stitching: h = g_{>j} o T o f_{<=i} with T a 1x1 convolution with bias.
+"""Model stitching: h = g_{>j} o T o f_{<=i} with T an affine map chosen by the activations' shapes:
+a 1x1 convolution with bias between feature maps [B, C, H, W], a per-token linear map between token
+sequences [B, T, D], a linear map between vectors [B, D] (see Stitch).
 
 Objectives for T (FuLA paper §2, invariance_aware.md):
   tlm / hlm  cross-entropy of the stitched model to the labels
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 
 from . import attacks, metrics
 from .data import ImageSet, batches, steps_per_epoch
-from .models import NUM_STITCH_POINTS, StitchableResNet, eval_mode, freeze
+from .models import StitchableResNet, eval_mode, freeze
 from .store import NO_CHECKPOINT, Checkpointer
 
 STITCHING_VERSION = 2  # part of every cache key: bump when a change here alters trained stitches
@@ -98,12 +100,15 @@ class StitchConfig:
 class StitchJob:
     """One stitch: front point i -> end point j, trained with `objective`, a share `alpha` of PGD inputs.
 
-    `fula_weights` (FuLA only) weigh the terms at the stitch point and each later stitch point of g
-    (length 9 - j); None means uniform. Weights (0, ..., 0, 1) keep only the last hint (paper Fig. 6).
+    Points are given by index or by name (a wrapped model's module name, e.g. "layer2"); the trainer
+    resolves names against the models (resolve_job). `fula_weights` (FuLA only) weigh the terms at the
+    stitch point and each later stitch point of g (length: the end model's number of points - j, 9 - j
+    for the project's ResNets); None means uniform. Weights (0, ..., 0, 1) keep only the last hint
+    (paper Fig. 6).
     """
 
-    front_point: int
-    end_point: int
+    front_point: int | str
+    end_point: int | str
     objective: str
     alpha: float = 0.0
     fula_weights: tuple[float, ...] | None = None
@@ -117,8 +122,8 @@ class StitchJob:
                 raise TypeError(f"{name} must be an integer stitch point 0..{NUM_STITCH_POINTS - 1}, got {k!r}")
             object.__setattr__(self, name, int(k))
         for name, k in (("front_point", self.front_point), ("end_point", self.end_point)):
-            if not isinstance(k, int) or not 0 <= k < NUM_STITCH_POINTS:
-                raise IndexError(f"{name}={k!r} is out of range: stitch points are 0..{NUM_STITCH_POINTS - 1}")
+            if isinstance(k, bool) or not (isinstance(k, str) and k or isinstance(k, int) and k >= 0):
+                raise IndexError(f"{name}={k!r}: a stitch point is an index >= 0 or a point name")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha (share of adversarial inputs) must be in [0, 1], got {self.alpha}")
         if self.objective == "dm" and self.alpha > 0:
@@ -126,7 +131,7 @@ class StitchJob:
         if self.fula_weights is not None:
             if self.objective != "fula":
                 raise ValueError("fula_weights only apply to the fula objective")
-            _check_weights(self.fula_weights, NUM_STITCH_POINTS - self.end_point)
+            _check_weights(self.fula_weights, len(self.fula_weights))
 
     @property
     def name(self) -> str:
@@ -137,6 +142,24 @@ class StitchJob:
 def _is_int(value) -> bool:
     """An integer (Python or NumPy), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def resolve_job(job: StitchJob, front, end) -> StitchJob:
+    """The job with both points as indices of `front` and `end` (names looked up, ranges checked) and
+    its FuLA weights checked against the end model's number of later points."""
+    i, j = front.point_index(job.front_point), end.point_index(job.end_point)
+    if job.fula_weights is not None:
+        _check_weights(job.fula_weights, len(end.stitch_points) - j)
+    return dataclasses.replace(job, front_point=i, end_point=j)
+
+
+def proportional_jobs(front, end, objective: str, **fields) -> list[StitchJob]:
+    """One job per end point, each paired with the front point at the same relative depth (the authors'
+    mapping between architectures with different numbers of points; see stitchable.proportional_points)."""
+    from .stitchable import proportional_points
+
+    pairs = proportional_points(len(front.stitch_points), len(end.stitch_points))
+    return [StitchJob(i, j, objective, **fields) for j, i in enumerate(pairs)]
 
 
 def _check_weights(weights: Sequence[float], n_terms: int) -> None:
@@ -152,60 +175,152 @@ def _check_weights(weights: Sequence[float], n_terms: int) -> None:
 # The stitch and its least-squares initialisation
 
 
-class Stitch(nn.Module):
-    """1x1 convolution with bias; bilinear resize first when the front resolution differs from the end's."""
+def activation_kind(shape: Sequence[int]) -> str:
+    """"conv" for a per-sample shape [C, H, W], "token" for [T, D], "vector" for [D]."""
+    kinds = {3: "conv", 2: "token", 1: "vector"}
+    if len(shape) not in kinds:
+        raise ValueError(f"cannot stitch an activation of per-sample shape {tuple(shape)}: expected [C, H, W] "
+                         f"(feature map), [T, D] (tokens) or [D] (vector)")
+    return kinds[len(shape)]
 
-    def __init__(self, in_channels: int, out_channels: int, out_size: tuple[int, int], resize: bool = True):
+
+def _token_grid(tokens: int) -> tuple[int, int]:
+    """(side, prefix) for a token sequence of a square patch grid plus `prefix` leading tokens (a class
+    token, registers): side = floor(sqrt(T)), the rest are prefix tokens (fewer than the side)."""
+    side = math.isqrt(tokens)
+    prefix = tokens - side * side
+    if side < 1 or prefix >= side:
+        raise ValueError(f"{tokens} tokens are not a square patch grid plus a few leading (class) tokens: "
+                         f"conv <-> token stitches need one")
+    return side, prefix
+
+
+class Stitch(nn.Module):
+    """The affine stitch T, its family chosen by the activations' shapes (as the authors do):
+
+    * conv -> conv: a 1x1 convolution with bias; bilinear resize first when the resolutions differ.
+    * token -> token: one linear map applied to every token (equal token counts required). The class
+      token is a token like the others: it goes through the same map to the end's class-token slot.
+    * vector -> vector: a linear map.
+    * conv -> token: the feature map is resized to the end's patch grid and read as tokens (row-major);
+      the end's leading (class) tokens get the spatial mean; then the per-token linear map.
+    * token -> conv: the leading (class) tokens are dropped, the patch tokens laid out on their square
+      grid and resized to the end's resolution; then the 1x1 convolution.
+    * conv / token -> vector: global average over positions / tokens, then the linear map.
+
+    Args:
+        in_channels, out_channels: channels (conv) or embedding sizes (tokens, vectors) on each side.
+        out_size: the end activation's per-sample shape without its channel dimension: (H, W) for a
+            feature map, (T,) for tokens, () for a vector.
+        front_kind, end_kind: "conv", "token" or "vector".
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, out_size: Sequence[int] = (), resize: bool = True, *,
+                 front_kind: str = "conv", end_kind: str | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
-        self.out_size = tuple(out_size)
-        self.resize = resize
+        out_size = tuple(int(v) for v in out_size)
+        end_kind = end_kind or {2: "conv", 1: "token", 0: "vector"}[len(out_size)]
+        if front_kind == "vector" and end_kind != "vector":
+            raise ValueError(f"a vector has no spatial layout to map onto a {end_kind} end point: stitch a vector "
+                             f"front point to a vector end point")
+        self.front_kind, self.end_kind, self.out_size, self.resize = front_kind, end_kind, out_size, resize
+        if end_kind == "conv":
+            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        else:
+            self.linear = nn.Linear(in_channels, out_channels, bias=True)
+
+    @classmethod
+    def between(cls, front_shape: Sequence[int], end_shape: Sequence[int], resize: bool = True) -> "Stitch":
+        """The stitch between two per-sample activation shapes ([C, H, W], [T, D] or [D])."""
+        fk, ek = activation_kind(front_shape), activation_kind(end_shape)
+        c_in = front_shape[0] if fk == "conv" else front_shape[-1]
+        c_out, rest = (end_shape[0], end_shape[1:]) if ek == "conv" else (end_shape[-1], end_shape[:-1])
+        return cls(c_in, c_out, rest, resize, front_kind=fk, end_kind=ek)
+
+    def _resized(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(a.shape[-2:]) == tuple(size):
+            return a
+        if not self.resize:
+            raise ValueError(
+                f"front activation is {tuple(a.shape[-2:])} but the end point expects {tuple(size)}: "
+                f"enable resize=True (bilinear, as in cross-layer stitching) or choose matching points"
+            )
+        return F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+
+    def adapt(self, a: torch.Tensor) -> torch.Tensor:
+        """The front activation in the end's layout, still with the front's channels (before the map)."""
+        fk, ek = self.front_kind, self.end_kind
+        if ek == "vector":
+            return a.mean(dim=(2, 3)) if fk == "conv" else a.mean(dim=1) if fk == "token" else a
+        if ek == "conv":
+            if fk == "token":
+                side, prefix = _token_grid(a.shape[1])
+                a = a[:, prefix:].transpose(1, 2).reshape(a.shape[0], a.shape[2], side, side)
+            return self._resized(a, self.out_size)
+        # token end
+        (tokens,) = self.out_size
+        if fk == "token":
+            if a.shape[1] != tokens:
+                raise ValueError(f"token counts differ: the front point has {a.shape[1]} tokens, the end point "
+                                 f"{tokens}; a per-token stitch needs equal counts (same patch grid and number of "
+                                 f"class tokens): choose points or models with matching token counts")
+            return a
+        side, prefix = _token_grid(tokens)
+        grid = self._resized(a, (side, side)).flatten(2).transpose(1, 2)  # [B, side*side, C]
+        if prefix:
+            grid = torch.cat([a.mean(dim=(2, 3)).unsqueeze(1).expand(-1, prefix, -1), grid], dim=1)
+        return grid
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        if tuple(a.shape[-2:]) != self.out_size:
-            if not self.resize:
-                raise ValueError(
-                    f"front activation is {tuple(a.shape[-2:])} but the end point expects {self.out_size}: "
-                    f"enable resize=True (bilinear, as in cross-layer stitching) or choose matching points"
-                )
-            a = F.interpolate(a, size=self.out_size, mode="bilinear", align_corners=False)
-        return self.conv(a)
+        a = self.adapt(a)
+        return self.conv(a) if self.end_kind == "conv" else self.linear(a)
+
+    def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Load a solved affine map (lstsq_init's (weight, bias))."""
+        layer = self.conv if self.end_kind == "conv" else self.linear
+        with torch.no_grad():
+            layer.weight.copy_(weight.reshape(layer.weight.shape)), layer.bias.copy_(bias)
 
 
 def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor, solver: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares affine map from front to end activations, over every pixel of K samples.
+    """Least-squares affine map from front to end activations, over every pixel (or token) of K samples.
 
-    Solves min_{W,b} sum_pixels ||W a + b - t||^2 with the Moore-Penrose pseudo-inverse of the design
-    matrix [a, 1]. solver="exact" goes through its normal equations in float64 (the Gram matrix is only
-    (C+1)^2) and keeps every direction; solver="authors" reproduces the authors' code, a float32
-    torch.linalg.pinv of the design matrix itself with its default cutoff, which drops the singular values
-    below max(rows, cols) * eps * the largest (up to 27 of 65 at the 32x32 points of a width-64 ResNet with
-    K = 500): a lower-rank start for the stitch.
+    Solves min_{W,b} sum_rows ||W a + b - t||^2 with the Moore-Penrose pseudo-inverse of the design
+    matrix [a, 1]. A row is a pixel of a feature map, a token of a sequence, or a whole vector.
+    solver="exact" goes through its normal equations in float64 (the Gram matrix is only (C+1)^2) and keeps
+    every direction; solver="authors" reproduces the authors' code, a float32 torch.linalg.pinv of the design
+    matrix itself with its default cutoff, which drops the singular values below max(rows, cols) * eps * the
+    largest (up to 27 of 65 at the 32x32 points of a width-64 ResNet with K = 500): a lower-rank start.
 
     Args:
-        front_act: [K, C_in, H, W] (already resized to the end's resolution).
-        end_act: [K, C_out, H, W].
+        front_act: [K, C_in, H, W], [K, T, C_in] or [K, C_in], already in the end's layout (Stitch.adapt).
+        end_act: [K, C_out, H, W], [K, T, C_out] or [K, C_out].
     Returns:
-        (weight [C_out, C_in, 1, 1], bias [C_out]) in the dtype of `front_act`.
+        (weight [C_out, C_in, 1, 1] for feature maps, else [C_out, C_in]; bias [C_out]) in front_act's dtype.
     """
-    if front_act.dim() != 4 or end_act.dim() != 4:
-        raise ValueError("lstsq_init expects 4-D activations [K, C, H, W]")
-    if front_act.shape[0] != end_act.shape[0] or front_act.shape[2:] != end_act.shape[2:]:
+    if front_act.dim() != end_act.dim() or front_act.dim() not in (2, 3, 4):
+        raise ValueError(f"lstsq_init expects activations of the same layout, [K, C, H, W], [K, T, D] or [K, D]; "
+                         f"got {tuple(front_act.shape)} and {tuple(end_act.shape)}")
+    conv = front_act.dim() == 4
+    positions_f = front_act.shape[2:] if conv else front_act.shape[1:-1]
+    positions_e = end_act.shape[2:] if conv else end_act.shape[1:-1]
+    if front_act.shape[0] != end_act.shape[0] or positions_f != positions_e:
         raise ValueError(
             f"front {tuple(front_act.shape)} and end {tuple(end_act.shape)} activations must share samples and "
-            f"resolution: resize the front activation to the end's (Stitch(resize=True) does it) first"
+            f"resolution (or token count): resize the front activation to the end's (Stitch(resize=True) does it) first"
         )
-    c_in, c_out = front_act.shape[1], end_act.shape[1]
-    x = front_act.permute(0, 2, 3, 1).reshape(-1, c_in).double()
+    c_in, c_out = (front_act.shape[1], end_act.shape[1]) if conv else (front_act.shape[-1], end_act.shape[-1])
+    x = (front_act.permute(0, 2, 3, 1) if conv else front_act).reshape(-1, c_in).double()
     x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-    y = end_act.permute(0, 2, 3, 1).reshape(-1, c_out).double()
+    y = (end_act.permute(0, 2, 3, 1) if conv else end_act).reshape(-1, c_out).double()
     if solver == "authors":
         solution = (torch.linalg.pinv(x.float()) @ y.float()).double()
     elif solver == "exact":
         solution = torch.linalg.pinv(x.T @ x, hermitian=True) @ (x.T @ y)  # [C_in + 1, C_out]
     else:
         raise ValueError(f"solver must be one of {LSTSQ_SOLVERS}, got {solver!r}")
-    weight = solution[:-1].T.reshape(c_out, c_in, 1, 1).to(front_act.dtype)
+    weight = solution[:-1].T.to(front_act.dtype)
+    weight = weight.reshape(c_out, c_in, 1, 1) if conv else weight
     bias = solution[-1].to(front_act.dtype)
     return weight, bias
 
@@ -381,15 +496,25 @@ class StitchOutcome:
     error: str | None = None  # set when the job was stopped (e.g. non-finite loss)
 
     def model(self, front: StitchableResNet, end: StitchableResNet, resize: bool = True) -> StitchedModel:
-        w = self.stitch_state["conv.weight"]
-        stitch = Stitch(w.shape[1], w.shape[0], tuple(self.stitch_state["out_size"].tolist()), resize)
-        stitch.load_state_dict({k: v for k, v in self.stitch_state.items() if k != "out_size"})
+        state = self.stitch_state
+        w = state["conv.weight"] if "conv.weight" in state else state["linear.weight"]
+        kinds = state.get("kinds")  # absent in conv -> conv states stored before the other families existed
+        front_kind, end_kind = (STITCH_KINDS[int(kinds[0])], STITCH_KINDS[int(kinds[1])]) if kinds is not None \
+            else ("conv", "conv")
+        stitch = Stitch(w.shape[1], w.shape[0], tuple(state["out_size"].tolist()), resize, front_kind=front_kind,
+                        end_kind=end_kind)
+        stitch.load_state_dict({k: v for k, v in state.items() if k not in ("out_size", "kinds")})
         return StitchedModel(front, end, stitch.to(w.device), self.job, self.front_bn, self.end_bn)
+
+
+STITCH_KINDS = ("conv", "token", "vector")
 
 
 def _stitch_state(stitch: Stitch) -> dict:
     state = {k: v.detach().clone() for k, v in stitch.state_dict().items()}
-    state["out_size"] = torch.tensor(stitch.out_size)
+    state["out_size"] = torch.tensor(stitch.out_size, dtype=torch.long)
+    if (stitch.front_kind, stitch.end_kind) != ("conv", "conv"):  # conv -> conv states keep their old form
+        state["kinds"] = torch.tensor([STITCH_KINDS.index(stitch.front_kind), STITCH_KINDS.index(stitch.end_kind)])
     return state
 
 
@@ -411,6 +536,7 @@ def _autocast(device: torch.device):
 
 def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: StitchConfig) -> list[Stitch]:
     """Least-squares (DM) initialisation of every job's stitch on K training images, models in eval mode."""
+    jobs = [resolve_job(j, front, end) for j in jobs]
     sample = data.take(cfg.lstsq_samples, seed=cfg.seed)
     x = sample.images.float() / 255
     with torch.no_grad(), eval_mode(front, end):
@@ -419,14 +545,9 @@ def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: St
     stitches = []
     for job in jobs:
         a, t = front_acts[job.front_point], end_acts[job.end_point]
-        stitch = Stitch(a.shape[1], t.shape[1], tuple(t.shape[-2:]), cfg.resize).to(a.device)
-        if tuple(a.shape[-2:]) != stitch.out_size:
-            if not cfg.resize:
-                stitch(a[:1])  # raises the clear resolution error
-            a = F.interpolate(a, size=stitch.out_size, mode="bilinear", align_corners=False)
-        weight, bias = lstsq_init(a, t, cfg.lstsq_solver)
-        with torch.no_grad():
-            stitch.conv.weight.copy_(weight), stitch.conv.bias.copy_(bias)
+        stitch = Stitch.between(tuple(a.shape[1:]), tuple(t.shape[1:]), cfg.resize).to(a.device)
+        weight, bias = lstsq_init(stitch.adapt(a), t, cfg.lstsq_solver)
+        stitch.set_affine(weight, bias)
         stitches.append(stitch)
     return stitches
 
@@ -531,6 +652,7 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
         return []
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("duplicate stitch jobs: each (front, end, objective, alpha, weights) once")
+    given_jobs, jobs = list(jobs), [resolve_job(j, front, end) for j in jobs]  # points as indices from here on
     _check_inputs(front, end, jobs, data, init_data)
     device = next(front.parameters()).device
     freeze(front), freeze(end)
@@ -585,6 +707,8 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
     front.eval(), end.eval()
     for n, st in active:
         outcomes[n] = StitchOutcome(st.job, _stitch_state(st.stitch), st.front_bn, st.end_bn, st.losses, st.error)
+    for n, job in enumerate(given_jobs):  # each outcome carries the job as the caller gave it (names stay names)
+        outcomes[n].job = job
     return outcomes  # type: ignore[return-value]
 
 
@@ -597,7 +721,7 @@ def _check_inputs(front, end, jobs: Sequence[StitchJob], data: ImageSet, init_da
             if expected is not None and channels != expected:
                 raise ValueError(f"{images.name} has {channels}-channel images but the {part} model takes "
                                  f"{expected} channels: stitch models of the same input kind")
-    uses_labels = any(j.objective == "tlm" or j.alpha > 0 for j in jobs)  # TLM's loss and PGD use labels
+    uses_labels = any(j.objective in ("tlm", "hlm") or j.alpha > 0 for j in jobs)  # TLM/HLM losses and PGD use labels
     classes = getattr(end, "num_classes", None)
     if uses_labels and classes is not None and len(data) and int(data.labels.max()) >= classes:
         raise ValueError(f"{data.name} has label {int(data.labels.max())}, outside the end model's "

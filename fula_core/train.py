@@ -77,7 +77,8 @@ def train_model(cfg: TrainConfig, train_data: ImageSet, device="cpu", *, checkpo
 
     torch.manual_seed(cfg.seed)  # weight init
     c = train_data.images.shape[1]
-    model = build(cfg.arch, train_data.num_classes, in_channels=c, width=cfg.width).to(device)
+    model = build(cfg.arch, train_data.num_classes, in_channels=c, width=cfg.width,
+                  image_size=train_data.images.shape[-1]).to(device)
     if device != "cpu" and torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     data = (train_data.take(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else train_data).to(device)
@@ -166,12 +167,13 @@ def get_model(store: ResultStore, cfg: TrainConfig, device="cpu", *, data: Image
 def model_payload(model: StitchableResNet) -> dict:
     """What the store keeps of a trained model: CPU weights and the shape arguments of `build`."""
     return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
-            "num_classes": model.num_classes, "in_channels": model.in_channels}
+            "num_classes": model.num_classes, "in_channels": model.in_channels,
+            "image_size": (getattr(model, "input_shape", None) or (0, 32))[-1]}
 
 
 def restore_model(payload: dict, cfg, path) -> StitchableResNet:
     """Rebuild a stored model (cfg gives arch, width and label); a clear error if the weights do not fit."""
-    model = build(cfg.arch, payload["num_classes"], payload["in_channels"], cfg.width)
+    model = build(cfg.arch, payload["num_classes"], payload["in_channels"], cfg.width, payload.get("image_size", 32))
     try:
         model.load_state_dict(payload["state"])
     except (RuntimeError, KeyError) as err:

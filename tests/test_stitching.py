@@ -235,12 +235,18 @@ def test_cross_layer_resize_and_errors(pair, synthetic):
 def test_bad_jobs_and_configs():
     with pytest.raises(ValueError, match="unknown objective 'kd'"):
         StitchJob(0, 0, "kd")
-    with pytest.raises(IndexError, match="out of range"):
-        StitchJob(0, 9, "tlm")
+    net = models.build("resnet18", 4, 3, width=2)
+    with pytest.raises(IndexError, match="out of range"):  # ranges are the models' own: checked against them
+        stitching.resolve_job(StitchJob(0, 9, "tlm"), net, net)
+    with pytest.raises(IndexError, match="not a stitch point"):
+        stitching.resolve_job(StitchJob("layer9", 0, "tlm"), net, net)
+    with pytest.raises(IndexError, match="index >= 0 or a point name"):
+        StitchJob(-1, 0, "tlm")
     with pytest.raises(ValueError, match=r"alpha .* \[0, 1\]"):
         StitchJob(0, 0, "tlm", alpha=2.0)
     with pytest.raises(ValueError, match="need 4 FuLA weights"):
-        StitchJob(0, 5, "fula", fula_weights=(1.0,))
+        stitching.resolve_job(StitchJob(0, 5, "fula", fula_weights=(1.0,)), net, net)
+    assert stitching.resolve_job(StitchJob("layer2.0", "stem", "tlm"), net, net).front_point == 3
     with pytest.raises(ValueError, match="bn_mode"):
         StitchConfig(bn_mode="frozen")
 
