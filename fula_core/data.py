@@ -136,7 +136,7 @@ class ImageSet:
         if len(labels) and k > len(classes):
             raise ValueError(f"label {k - 1} has no class name: got {len(classes)} classes")
         aug = dict(crop_padding=0, flip=False) if augmentation is None else _checked_augmentation(augmentation)
-        return cls(images.contiguous(), labels, classes, f"{name}/{split}", aug)
+        return cls(images.contiguous(), labels, classes, f"{name}/{split}", augmentation=aug)
 
     @classmethod
     def from_dataset(cls, dataset, name: str = "custom", split: str = "train", classes=None,

@@ -116,14 +116,15 @@ class StitchJob:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
-        for name in ("front_point", "end_point"):  # NumPy integers are points too; True is not
+        for name in ("front_point", "end_point"):  # NumPy integers are points too; True and 2.0 are not
             k = getattr(self, name)
+            if isinstance(k, str) and k:
+                continue
             if not _is_int(k):
-                raise TypeError(f"{name} must be an integer stitch point 0..{NUM_STITCH_POINTS - 1}, got {k!r}")
-            object.__setattr__(self, name, int(k))
-        for name, k in (("front_point", self.front_point), ("end_point", self.end_point)):
-            if isinstance(k, bool) or not (isinstance(k, str) and k or isinstance(k, int) and k >= 0):
+                raise TypeError(f"{name} must be a stitch point index (an integer >= 0) or a point name, got {k!r}")
+            if k < 0:
                 raise IndexError(f"{name}={k!r}: a stitch point is an index >= 0 or a point name")
+            object.__setattr__(self, name, int(k))
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha (share of adversarial inputs) must be in [0, 1], got {self.alpha}")
         if self.objective == "dm" and self.alpha > 0:
