@@ -71,6 +71,10 @@ class Profile:
     # (paper 1 / the authors: 5,000 k CIFAR images, so the count grows with k); "fixed_total" = the same number
     # of images for every k, drawn from the first k classes (only the label distribution changes)
     class_subset_sampling: str = "per_class"
+    # notebook 07 (your own models): yourmodels.Sizes fields (images, epochs, width, IRI schedule, test images)
+    your_models: dict = field(default_factory=lambda: dict(
+        base_images=60000, base_epochs=30, width=64, stitch_images=60000, stitch_epochs=10, iri_images=10000,
+        iri_steps=200, iri_step_size=1 / 255, test_images=10000))
     # what this profile shortens, for the notebooks to print: (notebook numbers such as "01 02", or "all", text)
     notes: tuple[tuple[str, str], ...] = field(default=())
 
@@ -117,6 +121,8 @@ PROFILES: dict[str, Profile] = {
                                 pgd_steps=2),
         iri_eval_subset=128, iri_adv_points=(8,), iri_adv_alphas=(0.0, 1.0), iri_robust_eval_subset=32, iri_shortcut_points=(8,),
         iri_autoattack_iter=5, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
+        your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
+                         iri_steps=3, iri_step_size=8 / 255, test_images=128),
         notes=(("all", "smoke: structure only; numbers are meaningless"),),
     ),
     "quick": Profile(
@@ -147,6 +153,9 @@ PROFILES: dict[str, Profile] = {
                                 pgd_steps=3),
         iri_eval_subset=500, iri_adv_points=(7,), iri_adv_alphas=(0.0,), iri_robust_eval_subset=100, iri_shortcut_points=(4,),
         iri_autoattack_iter=20, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
+        # notebook 07: a few CPU minutes (the ResNet's training and the IRIs of its deep points dominate)
+        your_models=dict(base_images=4000, base_epochs=3, width=8, stitch_images=1000, stitch_epochs=3, iri_images=500,
+                         iri_steps=30, iri_step_size=4 / 255, test_images=2000),
         notes=(("all", "Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)"),
                ("all", "ResNet18 at width 8, 6 epochs (LR x0.1 at 1/2 and 3/4) instead of width 64, 200 epochs (LR x0.1 at each third)"),
                ("00 01 05", "PGD eps 0.1 (Fashion-MNIST scale) instead of 8/255; adversarial training and stitching use 3 steps "

@@ -39,15 +39,9 @@ class Sizes:
     test_images: int
 
 
-SIZES = {
-    "smoke": Sizes(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
-                   iri_steps=3, iri_step_size=8 / 255, test_images=128),
-    # quick: a few CPU minutes (not yet measured; the ResNet's training and the IRIs of its deep points dominate)
-    "quick": Sizes(base_images=4000, base_epochs=3, width=8, stitch_images=1000, stitch_epochs=3, iri_images=500,
-                   iri_steps=30, iri_step_size=4 / 255, test_images=2000),
-    "paper": Sizes(base_images=60000, base_epochs=30, width=64, stitch_images=60000, stitch_epochs=10, iri_images=10000,
-                   iri_steps=200, iri_step_size=1 / 255, test_images=10000),
-}
+def sizes(profile) -> Sizes:
+    """Notebook 07's sizes at a profile (config.Profile.your_models: every profile's sizes live in config.py)."""
+    return Sizes(**profile.your_models)
 
 ARCHS = ("resnet", "vgg16", "vit_tiny")
 RESNET_POINTS = ["layer1", "layer2", "layer3", "layer4"]
