@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .simclr import SimCLRConfig
 from .stitching import StitchConfig
 from .train import TrainConfig
 
@@ -50,8 +51,10 @@ class Profile:
     iri_samples: int | None = None  # training images inverted per stitch point (None = all)
     iri_points: tuple[int, ...] = tuple(range(9))  # stitch points of the invariance-aware figures
     iri_front_seeds: tuple[int, ...] = (1, 2, 3)  # paper 2: 3 front seeds paired with end seed 0
-    simclr_epochs: int = 500  # the self-supervised (cross-supervision) front of paper 2
-    simclr_train_subset: int | None = None
+    # the self-supervised (cross-supervision) front of paper 2: simclr.SimCLRConfig holds the authors' recipe
+    simclr_epochs: int = 200  # pre-training epochs (the authors' ss_epochs); the linear probe runs as many
+    simclr_train_subset: int | None = None  # pre-train and probe on this many training images (None = all)
+    simclr_overrides: dict = field(default_factory=dict)  # further SimCLRConfig fields a CPU profile changes
     cross_bias_shortcut: str = "pixel"  # the cross-bias front trains with class-coloured patches at random places
     cross_bias_overrides: dict = field(default_factory=dict)  # TrainConfig fields of the cross-bias front (CPU: fewer images)
     # notebook 05: the stitches of both data modes train on the IRI source images (iri_samples of them), so
@@ -73,6 +76,12 @@ class Profile:
             cfg = dataclasses.replace(cfg, adv_alpha=self.robust_alpha, epochs=self.robust_epochs,
                                       **{k: v for k, v in self.robust_overrides.items() if k not in overrides})
         return cfg
+
+    def simclr_config(self, seed: int) -> SimCLRConfig:
+        """The SimCLRConfig of the profile's cross-supervision front of `seed` (end task, main architecture)."""
+        return SimCLRConfig(dataset=self.end_dataset, arch=self.archs[0], width=self.base.width, seed=seed,
+                            epochs=self.simclr_epochs, train_subset=self.simclr_train_subset,
+                            **self.simclr_overrides)
 
 
 _FMNIST_EPS = 0.1  # Fashion-MNIST's common L-inf budget (Madry et al. use 0.1 for MNIST-like data)
