@@ -21,6 +21,17 @@ follows the authors' code (github.com/athaioan/invariance-aware-stitching @ 5815
    encoder runs in train mode meanwhile, so its BatchNorm layers normalise by batch statistics and their
    running statistics are re-estimated on plain (not SimCLR-distorted) images. The result is an ordinary
    StitchableResNet that plugs into stitching as a front model.
+
+Where this differs from the authors' code, and why:
+  * Views are made on the device, in batches: crop boxes are continuous (bilinear resampling of a
+    sub-pixel box) rather than whole-pixel PIL crops; the distributions of area, aspect, place, flip and
+    jitter factors are theirs.
+  * 1-channel data (Fashion-MNIST, digits at the `quick` profile): the same transform; torchvision's
+    saturation, hue and greyscale leave a grey image unchanged, so only brightness and contrast act. Flips
+    follow DATASET_INFO (on for Fashion-MNIST, off for digits); the probe's crop padding is the data set's
+    (2 pixels on 28-pixel images, 4 on CIFAR).
+  * `train_subset` (CPU profiles) restricts both phases to a fixed random subset; milestone epochs are at
+    least 1, so that a one-epoch run is not decayed from its first step.
 """
 from __future__ import annotations
 
