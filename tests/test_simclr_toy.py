@@ -45,6 +45,7 @@ def test_profiles_build_their_simclr_front():
         cfg = P.simclr_config(seed=3)
         assert (cfg.dataset, cfg.arch, cfg.width, cfg.seed) == (P.end_dataset, P.archs[0], P.base.width, 3)
         assert (cfg.epochs, cfg.train_subset) == (P.simclr_epochs, P.simclr_train_subset)
+        assert all(getattr(cfg, k) == v for k, v in P.simclr_overrides.items())
     assert config.get_profile("paper").simclr_config(0).epochs == 200
 
 
