@@ -123,9 +123,10 @@ PROFILES: dict[str, Profile] = {
         cross_layer_objectives=("hint", "fula"), iri_steps=40, iri_step_size=4 / 255, iri_samples=256,
         iri_points=(1, 4, 7), iri_front_seeds=(1,),
         # SimCLR front (the authors' recipe, shortened): 6 pre-training + 6 probe epochs on 8k images, LR drops at
-        # 1/2 and 3/4 as the base models. Measured at width 8, one thread, seed 1, full test set: linear probe
-        # 74.5% in ~5 CPU min (240-265 s pre-training, 40 s probe); a random-init encoder probes to 38.8%,
-        # batch 64 gave 74.7%, a 12-epoch probe 75.3% (+40 s); the previous front (Adam, 5 epochs on 5k) stitched at 55.5%
+        # 1/2 and 3/4 as the base models. Measured at width 8, one thread, seed 1, on the full test set: linear
+        # probe 74.5% for 280-310 CPU s (pre-training 240-265 s, probe 40 s). Alternatives: the authors' drops at
+        # each third 73.3% (262 s); batch 64 74.7% (284 s); a 12-epoch probe 75.3% (+40 s); a random-init encoder
+        # probes to 38.8%. The previous front (Adam, 5 epochs on 5k images) stitched at 55.5% on real data.
         simclr_epochs=6, simclr_train_subset=8000, simclr_overrides={"lr_milestones": (0.5, 0.75)},
         # on grey Fashion-MNIST a class grey level at a random place is not picked up (probe: 2 epochs on 20k images,
         # 77.9% with markers, 77.8% without); at a class location it is (89.1% with, 74.0% without)
