@@ -45,14 +45,6 @@ def table1_configs(profile: Profile) -> dict[str, TrainConfig]:
             for arch in profile.archs for mid, cfg in zoo_configs(profile, arch).items()}
 
 
-def simclr_config(profile: Profile, seed: int):
-    """The SimCLR (cross-supervision) front of paper 2 with front seed `seed`."""
-    from .simclr import SimCLRConfig
-
-    return SimCLRConfig(dataset=profile.end_dataset, arch=profile.archs[0], width=profile.base.width, seed=seed,
-                        epochs=profile.simclr_epochs, train_subset=profile.simclr_train_subset)
-
-
 def paper2_configs(profile: Profile) -> dict[str, object]:
     """Model id -> config (TrainConfig, or SimCLRConfig for the self-supervised fronts) of every front that
     paper 2's testbeds use, one set per front seed (see the module docstring)."""
@@ -65,7 +57,7 @@ def paper2_configs(profile: Profile) -> dict[str, object]:
         configs[f"{cross}_{s}"] = profile.train_config(cross, s)
         configs[f"{end}_{s} cross-bias"] = profile.train_config(end, s, shortcut=profile.cross_bias_shortcut,
                                                                 **profile.cross_bias_overrides)
-        configs[f"{end}_{s} simclr"] = simclr_config(profile, s)
+        configs[f"{end}_{s} simclr"] = profile.simclr_config(s)
     return configs
 
 
