@@ -70,10 +70,38 @@ DIFFERENCES: tuple[Difference, ...] = (
         "data.augment", "speed; the distribution of crops and flips is the same, the random draws are not",
         ("00", "01", "02", "03", "04", "05")),
     Difference(
+        "shortcut marker colours on grey images", "authors' code",
+        "farthest-point sampling on an RGB grid (10 levels per channel); their grey variant averages the RGB "
+        "grid's channels (levels as close as 0 and 19)",
+        "farthest-point sampling on 10 grey levels (0, 28, ..., 255), rounded to uint8; on RGB data the authors' "
+        "grid and order, rounded to uint8", "shortcuts.class_colours",
+        "well-separated grey levels give every class a visible cue on 1-channel data; uint8 images",
+        ("02", "05")),
+    Difference(
+        "shortcut marker draws", "authors' code",
+        "random locations and float noise redrawn at every access, evaluation and least-squares samples included",
+        "redrawn for every training batch (after crop/flip, as theirs); evaluation sets and the least-squares "
+        "sample carry one fixed draw (seeded); noise is uint8", "DataSpec.seed, shortcuts.add_shortcut(seed=)",
+        "deterministic, cacheable evaluation; the same distribution of markers", ("02", "05")),
+    Difference(
+        "ArUco dictionary", "authors' code", "DICT_4X4_100", "DICT_4X4_50 (its first 50 markers are the same)",
+        "shortcuts.aruco_patterns", "10 classes use markers 0-9 of either", ("02",)),
+    Difference(
+        "SimCLR views and probe", "authors' code",
+        "torchvision per-image RandomResizedCrop on whole pixels; probe crops with the CIFAR padding",
+        "the same crop distribution with continuous boxes, batched on the device; the probe uses the data set's own "
+        "crop padding; on 1-channel images only brightness and contrast jitter (saturation, hue and greyscale do "
+        "nothing there, as in torchvision)", "simclr.SimCLRConfig", "batched augmentation on the device",
+        ("05",)),
+    Difference(
         "LS-ImageNet-10 classes and preprocessing", "authors' code",
         "their ten wnids, Resize(32) + CenterCrop(32) of the full images", "the same",
         "fula_core/ls_imagenet10_classes.txt", "(no difference left; listed because it changed)",
         ("00", "01", "02", "03", "04")),
+    Difference(
+        "CKA minibatches and CKA on IRIs", "authors' code",
+        "minibatches of 128; 'CKA on IRIs' inverts the test images", "the same",
+        "invariance.cka_per_point(batch_size=128)", "(no difference left; listed because it changed)", ("05",)),
     Difference(
         "train-mode BatchNorm of stitched models", "authors' code",
         "targets with BN momentum 0; the stitched forward updates the front's statistics and g_{>j}'s",
