@@ -97,6 +97,24 @@ class StitchConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs on a CUDA device: speed settings, not part of the method. Every one is a no-op on
+    the CPU (CPU results are the same with any of them on: tests/test_engine_equality.py).
+
+    pgd_bf16: craft the training PGD inputs under bf16 autocast (the attack is ~87% of an adversarial job's
+        FLOPs). It changes the adversarial inputs slightly: check on a subset that adversarial-stitch
+        accuracies stay within the noise floor before using it for results (off by default).
+    channels_last: run the frozen models, the stitches and the batches in channels_last memory layout (what
+        tensor cores want for convolutions; the same numbers up to summation order).
+    cudnn_benchmark: let cuDNN time its convolution algorithms once per shape (fixed shapes here).
+    """
+
+    pgd_bf16: bool = False
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+
+
+@dataclass(frozen=True)
 class StitchJob:
     """One stitch: front point i -> end point j, trained with `objective`, a share `alpha` of PGD inputs.
 
@@ -708,8 +726,8 @@ class _Engine:
     statistics banks, the one optimiser and schedule, each adversarial job's stitched model."""
 
     def __init__(self, front, end, active: list[tuple[int, _Job]], cfg: StitchConfig, train_bn: bool, steps: int,
-                 front_bank: _BNBank | None, end_bank: _BNBank | None):
-        self.front, self.end, self.cfg, self.train_bn = front, end, cfg, train_bn
+                 front_bank: _BNBank | None, end_bank: _BNBank | None, engine: EngineConfig = EngineConfig()):
+        self.front, self.end, self.cfg, self.train_bn, self.engine = front, end, cfg, train_bn, engine
         self.front_bank, self.end_bank = front_bank, end_bank
         self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
         self.row = {n: k for k, (n, _) in enumerate(active)}
@@ -723,10 +741,12 @@ def _train_batch(eng: _Engine, running: list[tuple[int, _Job]], x, y) -> None:
     cfg, train_bn, front, end = eng.cfg, eng.train_bn, eng.front, eng.end
     # 1. adversarial inputs, crafted before this batch touches any running statistics
     x_adv = {}
+    bf16 = eng.engine.pgd_bf16 and x.device.type == "cuda"
     for n, st in running:
         if st.job.alpha > 0:
-            x_adv[n] = attacks.pgd_linf(eng.stitched_eval[n], x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
-                                        steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                x_adv[n] = attacks.pgd_linf(eng.stitched_eval[n], x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
+                                            steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
     # 2. one front and one end forward on the clean batch for every job that trains on clean inputs
     clean = [(n, st) for n, st in running if st.job.alpha < 1]
     clean_targets = _shared_forward(eng, x, clean)
@@ -754,7 +774,8 @@ def _train_batch(eng: _Engine, running: list[tuple[int, _Job]], x, y) -> None:
 
 def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequence[StitchJob], data: ImageSet,
                    cfg: StitchConfig = StitchConfig(), *, init_data: ImageSet | None = None,
-                   checkpoint: Checkpointer = NO_CHECKPOINT, progress: bool = True) -> list[StitchOutcome]:
+                   checkpoint: Checkpointer = NO_CHECKPOINT, progress: bool = True,
+                   engine: EngineConfig = EngineConfig()) -> list[StitchOutcome]:
     """Train every job's stitch in one pass over `data` (front and end stay frozen).
 
     Per batch: PGD inputs are crafted for each adversarial job (its stitched model in eval mode with its
@@ -767,9 +788,22 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
         data: training images (labels for TLM; IRIs for invariance-aware stitching).
         init_data: images for the least-squares init (default `data`; the authors use real images for IRI runs).
         checkpoint: where the state after each epoch goes, so a killed run resumes where it stopped.
+        engine: CUDA speed settings (EngineConfig); ignored on the CPU.
     Returns one StitchOutcome per job, in order; a job whose loss became non-finite is stopped and
     reported in `.error` while the others go on.
     """
+    device = next(front.parameters()).device
+    if device.type != "cuda":
+        engine = EngineConfig(pgd_bf16=False, channels_last=False, cudnn_benchmark=False)
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = was or engine.cudnn_benchmark
+    try:
+        return _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress, engine)
+    finally:
+        torch.backends.cudnn.benchmark = was
+
+
+def _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress, engine: EngineConfig):
     from tqdm.auto import tqdm
 
     if not jobs:
@@ -780,8 +814,13 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
     _check_inputs(front, end, jobs, data, init_data)
     device = next(front.parameters()).device
     freeze(front), freeze(end)
+    if engine.channels_last:  # in place, as .to() is for modules; the numbers are the same up to summation order
+        front.to(memory_format=torch.channels_last), end.to(memory_format=torch.channels_last)
     data, init_data = data.to(device), (init_data or data).to(device)
     stitches = init_stitches(front, end, jobs, init_data, cfg)
+    if engine.channels_last:
+        for stitch in stitches:
+            stitch.to(memory_format=torch.channels_last)
     train_bn = cfg.bn_mode == "train"
     outcomes: list[StitchOutcome | None] = [None] * len(jobs)
     steps = steps_per_epoch(len(data), cfg.batch_size)
@@ -799,7 +838,7 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
                                    end_bank.rows[k] if end_bank else None, device)))
 
     live_front_bn, live_end_bn = get_bn_state(front), get_bn_state(end)
-    eng = _Engine(front, end, active, cfg, train_bn, steps, front_bank, end_bank) if active else None
+    eng = _Engine(front, end, active, cfg, train_bn, steps, front_bank, end_bank, engine) if active else None
     data_gen = torch.Generator().manual_seed(cfg.seed)  # one data order for all jobs (CPU: randperm)
     start_epoch = 0
     resumed = checkpoint.load() if active else None
@@ -819,6 +858,8 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
         for epoch in range(start_epoch, cfg.epochs if active else 0):
             for x, y in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
                                     drop_last=True):
+                if engine.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 _train_batch(eng, [(n, st) for n, st in active if st.error is None], x, y)
                 bar.update()
             for n, st in active:

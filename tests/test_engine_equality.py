@@ -145,3 +145,35 @@ def test_attack_enters_the_stitched_models_context_once(setup):
     old = baseline_engine.StitchedModel(front, end, model.stitch, model.job, out.front_bn, out.end_bn)
     assert torch.equal(adv, attacks.pgd_linf(old, x, y, eps=0.1, step_size=0.02, steps=4, random_start=False))
     assert all(not m.training for m in end.modules())  # modes restored
+
+
+def test_engine_settings_do_not_change_cpu_results(setup):
+    """EngineConfig's CUDA settings (bf16 PGD, channels_last, cudnn.benchmark) leave CPU results alone."""
+    front, end, train = setup
+    jobs = [StitchJob(3, 3, "fula"), StitchJob(4, 4, "tlm", alpha=1.0)]
+    cfg = dataclasses.replace(CFG, epochs=1)
+    plain = stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), jobs, train, cfg, progress=False,
+                                     engine=stitching.EngineConfig(False, False, False))
+    fast = stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), jobs, train, cfg, progress=False,
+                                    engine=stitching.EngineConfig(pgd_bf16=True, channels_last=True, cudnn_benchmark=True))
+    for a, b in zip(plain, fast):
+        assert a.losses == b.losses and all(torch.equal(a.stitch_state[k], b.stitch_state[k]) for k in a.stitch_state)
+    assert torch.backends.cudnn.benchmark is False or torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_settings_stay_close_to_fp32(setup):
+    """On CUDA: channels_last + cudnn.benchmark + bf16 PGD train stitches close to the plain CUDA run
+    (bf16 autocast is already used for the models' forwards, so the tolerance is bf16's)."""
+    front, end, train = setup
+    jobs = [StitchJob(3, 3, "fula"), StitchJob(4, 4, "tlm", alpha=1.0)]
+    cfg = dataclasses.replace(CFG, epochs=1)
+    runs = []
+    for engine in (stitching.EngineConfig(False, False, False), stitching.EngineConfig(True, True, True)):
+        f, e = copy.deepcopy(front).cuda(), copy.deepcopy(end).cuda()
+        runs.append(stitching.train_stitches(f, e, jobs, train, cfg, progress=False, engine=engine))
+    for a, b in zip(*runs):
+        for k in a.stitch_state:
+            if a.stitch_state[k].is_floating_point():
+                torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=0.05, atol=0.02)
+        assert a.losses == pytest.approx(b.losses, rel=0.1, abs=0.05)
