@@ -177,3 +177,32 @@ def test_cuda_engine_settings_stay_close_to_fp32(setup):
             if a.stitch_state[k].is_floating_point():
                 torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=0.05, atol=0.02)
         assert a.losses == pytest.approx(b.losses, rel=0.1, abs=0.05)
+
+
+def test_batched_pgd_matches_each_jobs_own_pgd(setup):
+    """EngineConfig(batch_pgd=True): one PGD over the adversarial jobs of a stitch point. Stated tolerance: its
+    eval-mode BN rounds differently in the last bit, so a PGD sign can flip where a gradient is ~0: at most
+    0.1% of the adversarial pixels differ from each job's own pgd_linf, and training ends within 1e-3."""
+    front, end, train = setup
+    jobs = [StitchJob(5, 5, "tlm", alpha=1.0), StitchJob(5, 5, "hint", alpha=1.0), StitchJob(5, 5, "fula", alpha=0.5),
+            StitchJob(2, 2, "slm", alpha=1.0), StitchJob(2, 2, "tlm", alpha=1.0), StitchJob(4, 4, "fula")]
+    cfg = dataclasses.replace(CFG, epochs=2, pgd_steps=3)
+    outs = [stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), jobs, train, cfg, progress=False,
+                                     engine=stitching.EngineConfig(batch_pgd=flag)) for flag in (False, True)]
+    for a, b in zip(*outs):
+        assert a.losses == pytest.approx(b.losses, rel=1e-3), a.job.name
+        for k in a.stitch_state:
+            torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=1e-3, atol=1e-3)
+
+    # the attack itself, on trained stitches with their own statistics
+    group = [(n, stitching._Job(o.job, o.model(front, end).stitch, cfg, o.front_bn, o.end_bn, "cpu"))
+             for n, o in enumerate(outs[0][:3])]
+    eng = stitching._Engine(front, end, group, cfg, True, 1, None, None)
+    x, y = train.images[:32].float() / 255, train.labels[:32]
+    batched = stitching._batched_pgd(eng, group, x, y)
+    for n, st in group:
+        own = attacks.pgd_linf(stitching.StitchedModel(front, end, st.stitch, st.job, st.front_bn, st.end_bn), x, y,
+                               eps=cfg.pgd_eps, step_size=cfg.pgd_step, steps=cfg.pgd_steps,
+                               random_start=cfg.pgd_random_start,
+                               generator=torch.Generator().manual_seed(stitching._job_seed(cfg.seed, st.job)))
+        assert (batched[n] != own).float().mean() <= 1e-3, st.job.name
