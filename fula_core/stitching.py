@@ -737,38 +737,70 @@ class _Engine:
         self.front, self.end, self.cfg, self.train_bn, self.engine = front, end, cfg, train_bn, engine
         self.front_bank, self.end_bank = front_bank, end_bank
         self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
+        self.bn_consts = {"front": {}, "end": {}}  # _per_job_eval_bn's per-layer constants, built once
         self.row = {n: k for k, (n, _) in enumerate(active)}
         self.opt, self.sched = _optimiser([st for _, st in active], cfg, steps)
         self.stitched_eval = {n: StitchedModel(front, end, st.stitch, st.job, st.front_bn, st.end_bn)
                               for n, st in active if st.job.alpha > 0}
 
 
+class _Affine(torch.autograd.Function):
+    """y = x * scale + shift with constant scale and shift: one kernel forward (addcmul) and one backward
+    (grad * scale), where autograd's generic addcmul backward adds further multiplies and views."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift):
+        ctx.save_for_backward(scale)
+        return torch.addcmul(shift, x, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None, None
+
+
 @contextlib.contextmanager
-def _per_job_eval_bn(layers: list[nn.Module], states: list[list[torch.Tensor]], batch: int):
+def _per_job_eval_bn(layers: list[nn.Module], states: list[list[torch.Tensor]], batch: int, consts: dict | None = None):
     """Eval-mode BN layers that normalise the k-th block of `batch` samples with job k's running statistics:
     the J jobs' inputs go through the shared frozen weights as one [J * batch] batch.
 
-    Eval-mode BN is a per-channel affine map; each layer computes it as the CPU kernel does
-    (invstd = 1 / sqrt(var + eps), scale = invstd * weight, shift = bias - mean * scale, y = x * scale + shift)
-    with the scale and shift of every job repeated over its block of samples."""
+    Eval-mode BN is a per-channel affine map; it is computed as the CPU kernel does (invstd = 1 / sqrt(var +
+    eps), scale = invstd * weight, shift = bias - mean * scale, y = x * scale + shift), for every layer and
+    job at once on the concatenated statistics, then each job's scale and shift repeated over its block.
+    `consts`: a dict kept by the caller across calls, for the layers' eps, weights and biases concatenated."""
+    if not layers:
+        yield
+        return
     jobs = len(states)
+    n = [m.running_mean.numel() for m in layers]
+    like = layers[0].running_mean
+    mean = torch.stack([torch.cat(state[0::3]) for state in states])  # [J, sum C] (running stats are 1-D)
+    var = torch.stack([torch.cat(state[1::3]) for state in states])
+    consts = {} if consts is None else consts
+    if not consts:
+        consts["eps"] = torch.cat([torch.full((c,), m.eps, dtype=like.dtype, device=like.device)
+                                   for c, m in zip(n, layers)])
+        consts["weight"] = torch.cat([m.weight.detach() if m.weight is not None else torch.ones_like(m.running_mean)
+                                      for m in layers])
+        consts["bias"] = torch.cat([m.bias.detach() if m.bias is not None else torch.zeros_like(m.running_mean)
+                                    for m in layers])
+    eps, weight, bias = consts["eps"], consts["weight"], consts["bias"]
+    scale = 1 / torch.sqrt(var + eps) * weight
+    shift = bias - mean * scale
+    scale, shift = scale.repeat_interleave(batch, dim=0), shift.repeat_interleave(batch, dim=0)  # [J * batch, sum C]
+    # per-layer views: split once along the channels, for 2-D inputs and (the common case) 4-D feature maps
+    split2 = list(zip(scale.split(n, dim=1), shift.split(n, dim=1)))
+    split4 = list(zip(scale[:, :, None, None].split(n, dim=1), shift[:, :, None, None].split(n, dim=1)))
     try:
-        for k, m in enumerate(layers):
-            scales, shifts = [], []
-            for state in states:
-                mean, var = state[3 * k], state[3 * k + 1]
-                scale = 1 / torch.sqrt(var + m.eps)
-                if m.weight is not None:
-                    scale = scale * m.weight
-                shift = -mean * scale if m.bias is None else m.bias - mean * scale
-                scales.append(scale), shifts.append(shift)
-            shape = (jobs, 1, -1)
-            scale = torch.stack(scales).view(shape).expand(jobs, batch, -1).reshape(jobs * batch, -1)
-            shift = torch.stack(shifts).view(shape).expand(jobs, batch, -1).reshape(jobs * batch, -1)
+        for m, two, four in zip(layers, split2, split4):
+            shaped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {2: two, 4: four}  # by input rank [N, C, ...]
 
-            def forward(x, scale=scale, shift=shift):
-                extra = (1,) * (x.dim() - 2)  # [N, C, *spatial]
-                return torch.addcmul(shift.view(*shift.shape, *extra), x, scale.view(*scale.shape, *extra))
+            def forward(x, shaped=shaped):
+                if x.dim() not in shaped:
+                    extra = (1,) * (x.dim() - 2)
+                    shaped[x.dim()] = tuple(t.reshape(*t.shape, *extra) for t in shaped[2])
+                s, t = shaped[x.dim()]
+                return _Affine.apply(x, s, t)
 
             m.forward = forward  # the instance attribute shadows the class's forward for this block only
         yield
@@ -785,22 +817,22 @@ def _batched_pgd(eng: "_Engine", group: list[tuple[int, "_Job"]], x: torch.Tenso
     cfg, front, end = eng.cfg, eng.front, eng.end
     (i, j), b = (group[0][1].job.front_point, group[0][1].job.end_point), len(x)
     x = x.detach()
-    starts = []
-    for _, st in group:
-        if cfg.pgd_random_start:  # each job's own generator, as pgd_linf draws it
+    if cfg.pgd_random_start:  # each job's own generator, as pgd_linf draws it
+        starts = []
+        for _, st in group:
             u = torch.rand(x.shape, generator=st.gen, device=st.gen.device, dtype=x.dtype)
             starts.append((x + cfg.pgd_eps * (2.0 * u.to(x.device) - 1.0)).clamp(0.0, 1.0))
-        else:
-            starts.append(x.clone())
-    x_adv = torch.cat(starts)
+        x_adv = torch.cat(starts)
+    else:
+        x_adv = x.repeat(len(group), *([1] * (x.dim() - 1)))
     lower = (x - cfg.pgd_eps).clamp(min=0.0).repeat(len(group), *([1] * (x.dim() - 1)))
     upper = (x + cfg.pgd_eps).clamp(max=1.0).repeat(len(group), *([1] * (x.dim() - 1)))
     targets = y.repeat(len(group))
     train_bn = eng.train_bn
     front_states = [st.front_bn for _, st in group] if train_bn else [get_bn_state(front)] * len(group)
     end_states = [st.end_bn for _, st in group] if train_bn else [get_bn_state(end)] * len(group)
-    with eval_mode(front, end), _per_job_eval_bn(eng.front_layers, front_states, b), \
-            _per_job_eval_bn(eng.end_layers, end_states, b):
+    with eval_mode(front, end), _per_job_eval_bn(eng.front_layers, front_states, b, eng.bn_consts["front"]), \
+            _per_job_eval_bn(eng.end_layers, end_states, b, eng.bn_consts["end"]):
         for _ in range(cfg.pgd_steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
