@@ -14,6 +14,7 @@ Two threat models appear in the papers, both L-inf on inputs in [0, 1]:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -23,6 +24,13 @@ import torch.nn.functional as F
 __all__ = ["pgd_linf", "autoattack_rand", "robust_accuracy"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _entered(model: Model):
+    """The model's own context for many forwards, when it has one (a stitched model's eval mode and BN
+    statistics: StitchedModel.entered), entered once around an attack rather than at every step."""
+    enter = getattr(model, "entered", None)
+    return enter() if callable(enter) else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------
@@ -77,16 +85,17 @@ def pgd_linf(
 
     lower = (x - eps).clamp(min=0.0)
     upper = (x + eps).clamp(max=1.0)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        # enable_grad: the attack must work when called from inside a no_grad evaluation.
-        with torch.enable_grad():
-            # A summed loss gives every sample its own gradient, independent of batch size.
-            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + step_size * grad.sign()
-        # Projection onto the intersection of the eps-ball and the [0, 1] box.
-        x_adv = torch.max(torch.min(x_adv, upper), lower)
+    with _entered(model):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            # enable_grad: the attack must work when called from inside a no_grad evaluation.
+            with torch.enable_grad():
+                # A summed loss gives every sample its own gradient, independent of batch size.
+                loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + step_size * grad.sign()
+            # Projection onto the intersection of the eps-ball and the [0, 1] box.
+            x_adv = torch.max(torch.min(x_adv, upper), lower)
     return x_adv.detach()
 
 
@@ -194,7 +203,7 @@ def autoattack_rand(
         )
         # torchattacks re-seeds the *global* CPU and CUDA RNGs with `seed`; fork them so
         # that evaluating a model does not change the random stream of the caller.
-        with torch.random.fork_rng(devices=_rng_devices(x.device)):
+        with torch.random.fork_rng(devices=_rng_devices(x.device)), _entered(model):
             adv = apgd(x[idx], y[idx]).detach()
         with torch.no_grad():
             broken = model(adv).argmax(dim=1) != y[idx]

@@ -97,6 +97,31 @@ class StitchConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs: speed settings, not part of the method. The first three are no-ops on the CPU
+    (CPU results are the same with any of them on: tests/test_engine_equality.py); batch_pgd is off on the
+    CPU unless asked for.
+
+    pgd_bf16: craft the training PGD inputs under bf16 autocast (the attack is ~87% of an adversarial job's
+        FLOPs). It changes the adversarial inputs slightly: check on a subset that adversarial-stitch
+        accuracies stay within the noise floor before using it for results (off by default).
+    channels_last: run the frozen models, the stitches and the batches in channels_last memory layout (what
+        tensor cores want for convolutions; the same numbers up to summation order).
+    cudnn_benchmark: let cuDNN time its convolution algorithms once per shape (fixed shapes here).
+    batch_pgd: one PGD for all adversarial jobs at one stitch point (_batched_pgd: J times fewer, J times
+        larger kernels). Exact in the math, but its eval-mode BN is computed as an explicit affine map, which
+        rounds differently from the BN kernel in the last bit, so PGD signs of near-zero gradients can flip
+        (tests/test_engine_equality.py bounds the effect). None (default): on for CUDA, off on the CPU, where
+        the engine stays bit-identical to its previous version; True turns it on on the CPU too.
+    """
+
+    pgd_bf16: bool = False
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    batch_pgd: bool | None = None
+
+
+@dataclass(frozen=True)
 class StitchJob:
     """One stitch: front point i -> end point j, trained with `objective`, a share `alpha` of PGD inputs.
 
@@ -400,15 +425,19 @@ def capture_bn_update(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     captured.extend(get_bn_state(model))
 
 
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 @contextlib.contextmanager
-def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None):
+def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None, layers: list[nn.Module] | None = None):
     """Use a job's running buffers inside the block by swapping tensor objects, not copying into them:
-    an attack's backward pass still needs the tensors its forward saved."""
+    an attack's backward pass still needs the tensors its forward saved, and a train-mode forward updates
+    the job's own tensors in place. `layers`: bn_layers(model), when the caller has them already."""
     if state is None:
         yield
         return
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    layers = bn_layers(model)
+    names = _BN_BUFFERS
+    layers = bn_layers(model) if layers is None else layers
     saved = [[getattr(m, n) for n in names] for m in layers]
     it = iter(state)
     for m in layers:
@@ -423,14 +452,14 @@ def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None):
 
 
 @contextlib.contextmanager
-def batch_statistics_only(model: nn.Module):
+def batch_statistics_only(model: nn.Module, layers: list[nn.Module] | None = None):
     """Train-mode BN forwards inside use their batch statistics and update no running buffer.
 
     The buffers are detached from the layers for the block (BatchNorm then normalises with the batch
     statistics and tracks nothing) and put back after: no copy, and num_batches_tracked stays put too.
     """
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    layers = bn_layers(model)
+    names = _BN_BUFFERS
+    layers = bn_layers(model) if layers is None else layers
     saved = [[getattr(m, n) for n in names] for m in layers]
     for m in layers:
         for n in names:
@@ -465,6 +494,8 @@ class StitchedModel(nn.Module):
         super().__init__()
         self.front, self.end, self.stitch, self.job = front, end, stitch, job
         self.front_bn, self.end_bn = front_bn, end_bn
+        self._layers = (bn_layers(front), bn_layers(end))  # the frozen models' structure does not change
+        self._inside = False
 
     def train(self, mode: bool = True) -> "StitchedModel":
         """Only the stitch follows: the frozen front and end keep their own modes (forward runs them in eval
@@ -474,15 +505,30 @@ class StitchedModel(nn.Module):
         return self
 
     @contextlib.contextmanager
-    def _job_bn(self):
-        with eval_mode(self.front, self.end), swap_bn_state(self.front, self.front_bn), \
-                swap_bn_state(self.end, self.end_bn):
-            yield
+    def entered(self):
+        """The frozen models in eval mode with the job's statistics swapped in, for every forward inside.
+
+        An attack calls the model once per step: entering this once around the whole attack (pgd_linf and
+        autoattack_rand do) saves walking both models' modules and swapping their buffers at every step."""
+        if self._inside:
+            yield self
+            return
+        with eval_mode(self.front, self.end), swap_bn_state(self.front, self.front_bn, self._layers[0]), \
+                swap_bn_state(self.end, self.end_bn, self._layers[1]):
+            self._inside = True
+            try:
+                yield self
+            finally:
+                self._inside = False
+
+    _job_bn = entered  # the name plots.stitched_activation uses
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self._job_bn():
-            a = self.stitch(self.front.activations_upto(x, self.job.front_point))
-            return self.end.forward_from(a, self.job.end_point)
+        if not self._inside:
+            with self.entered():
+                return self.forward(x)
+        a = self.stitch(self.front.activations_upto(x, self.job.front_point))
+        return self.end.forward_from(a, self.job.end_point)
 
 
 @dataclass
@@ -553,29 +599,115 @@ def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: St
     return stitches
 
 
-class _Job:
-    """Mutable training state of one job inside the trainer."""
+class _BNBank:
+    """Every job's running statistics of one frozen model, one row per job, in two flat tensors: the
+    running means and variances of every BN layer concatenated ([J, P], the layers' dtype) and the counts
+    (num_batches_tracked, [J, L]).
 
-    def __init__(self, job, stitch, cfg, steps, front_bn, end_bn, device):
+    A job's per-layer buffers are views of its row, in get_bn_state's order. Swapped into the layers
+    (swap_bn_state), they let a train-mode forward update that job's statistics in place, with no copy in
+    or out; and the shared clean forward's update reaches every clean job in two operations on the whole
+    bank (apply_captured) instead of three per layer and job.
+    """
+
+    def __init__(self, model: nn.Module, n_jobs: int):
+        self.layers = bn_layers(model)
+        for m in self.layers:
+            if m.momentum is None:
+                raise ValueError("cumulative-average BatchNorm (momentum=None) is not supported by the multi-job "
+                                 "trainer: give the layers a momentum, or train with bn_mode='eval'")
+        floats = [b for m in self.layers for b in (m.running_mean, m.running_var)]
+        if len({b.dtype for b in floats}) > 1:
+            raise ValueError("BN running statistics of mixed dtypes: convert the model to one dtype first")
+        device = floats[0].device if floats else torch.device("cpu")
+        self.sizes = [b.numel() for b in floats]
+        values0 = torch.cat([b.reshape(-1) for b in floats]) if floats else torch.zeros(0, device=device)
+        counts0 = torch.stack([m.num_batches_tracked for m in self.layers]) if self.layers else \
+            torch.zeros(0, dtype=torch.long, device=device)
+        self.values, self.counts = values0.repeat(n_jobs, 1), counts0.repeat(n_jobs, 1)
+        self.scratch_values, self.scratch_counts = torch.zeros_like(values0), torch.zeros_like(counts0)
+        momenta = {m.momentum for m in self.layers}
+        if len(momenta) <= 1:  # the usual case: the same Python scalar as apply_bn_update uses, per element
+            self.decay = 1 - momenta.pop() if momenta else 1.0
+        else:
+            self.decay = torch.cat([torch.full((n,), 1 - m.momentum, dtype=values0.dtype, device=device)
+                                    for m in self.layers for n in (m.running_mean.numel(), m.running_var.numel())])
+        self.rows = [self._views(self.values[k], self.counts[k]) for k in range(n_jobs)]
+        self.scratch = self._views(self.scratch_values, self.scratch_counts)
+
+    def _views(self, values: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
+        parts, counts = values.split(self.sizes), counts.unbind(0)
+        shapes = [b.shape for m in self.layers for b in (m.running_mean, m.running_var)]
+        out = []
+        for k in range(len(self.layers)):
+            out += [parts[2 * k].view(shapes[2 * k]), parts[2 * k + 1].view(shapes[2 * k + 1]), counts[k]]
+        return out
+
+    @contextlib.contextmanager
+    def capture(self, model: nn.Module):
+        """Train-mode forwards inside write their running-statistics update into zeroed scratch buffers
+        (capture_bn_update's m * batch statistic, without touching the live buffers)."""
+        self.scratch_values.zero_(), self.scratch_counts.zero_()
+        with swap_bn_state(model, self.scratch, self.layers):
+            yield
+
+    def apply_captured(self, rows: list[int]) -> None:
+        """state <- (1 - m) state + captured for the given jobs' rows (apply_bn_update, all jobs at once)."""
+        if not rows or not self.layers:
+            return
+        if len(rows) == len(self.rows):
+            self.values.mul_(self.decay).add_(self.scratch_values)
+            self.counts.add_(self.scratch_counts)
+            return
+        idx = torch.tensor(rows, device=self.values.device)
+        self.values.index_copy_(0, idx, self.values.index_select(0, idx).mul_(self.decay).add_(self.scratch_values))
+        self.counts.index_copy_(0, idx, self.counts.index_select(0, idx).add_(self.scratch_counts))
+
+
+class _Job:
+    """Mutable training state of one job inside the trainer. Its BN statistics are views of its row of
+    the banks; its stitch's parameters are stepped by the trainer's one optimiser."""
+
+    def __init__(self, job, stitch, cfg, front_bn, end_bn, device):
         self.job, self.stitch = job, stitch
-        self.opt = torch.optim.Adam(stitch.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones, gamma=cfg.lr_gamma)
+        self.params = list(stitch.parameters())
         self.front_bn, self.end_bn = front_bn, end_bn
         self.gen = torch.Generator(device=device).manual_seed(_job_seed(cfg.seed, job))
         self.loss_sum = torch.zeros((), device=device)
         self.losses: list[float] = []
         self.error: str | None = None
 
-    def state(self) -> dict:
-        return {"stitch": self.stitch.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "front_bn": self.front_bn, "end_bn": self.end_bn, "gen": self.gen.get_state(),
+    def state(self, opt: torch.optim.Optimizer, sched) -> dict:
+        """The job's checkpoint, in the form a job with its own Adam and scheduler had (resumable both ways)."""
+        group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+        opt_state = {"state": {k: {n: (v.clone() if torch.is_tensor(v) else v) for n, v in opt.state[p].items()}
+                               for k, p in enumerate(self.params) if p in opt.state},
+                     "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+        copy = (lambda bn: None if bn is None else [t.clone() for t in bn])
+        return {"stitch": self.stitch.state_dict(), "opt": opt_state, "sched": sched.state_dict(),
+                "front_bn": copy(self.front_bn), "end_bn": copy(self.end_bn), "gen": self.gen.get_state(),
                 "losses": self.losses, "error": self.error}
 
-    def load(self, s: dict) -> None:
-        self.stitch.load_state_dict(s["stitch"]), self.opt.load_state_dict(s["opt"]), self.sched.load_state_dict(s["sched"])
-        self.front_bn, self.end_bn, self.losses, self.error = s["front_bn"], s["end_bn"], s["losses"], s["error"]
+    def load(self, s: dict, opt: torch.optim.Optimizer) -> None:
+        self.stitch.load_state_dict(s["stitch"])
+        for k, p in enumerate(self.params):
+            if k in s["opt"]["state"]:
+                opt.state[p] = {n: (v.clone() if torch.is_tensor(v) else v) for n, v in s["opt"]["state"][k].items()}
+        for mine, saved in ((self.front_bn, s["front_bn"]), (self.end_bn, s["end_bn"])):
+            if mine is not None:
+                torch._foreach_copy_(mine, saved)
+        self.losses, self.error = s["losses"], s["error"]
         self.gen.set_state(s["gen"])
+
+
+def _optimiser(jobs: list[_Job], cfg: StitchConfig, steps: int):
+    """One Adam (multi-tensor) and one LR schedule over every job's stitch: the jobs share lr, weight decay
+    and milestones, and Adam's state is per parameter, so each stitch gets exactly the steps its own
+    optimiser would give it (a stopped job's parameters get no gradient, and Adam skips them)."""
+    params = [p for st in jobs for p in st.params]
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_gamma)
 
 
 def objective_loss(job: StitchJob, stitch_out, end, y, targets, end_logits, cfg, need_forward: bool):
@@ -596,57 +728,203 @@ def objective_loss(job: StitchJob, stitch_out, end, y, targets, end_logits, cfg,
     return F.cross_entropy(logits.float(), y)  # tlm / hlm
 
 
-def _train_batch(front, end, running: list[tuple[int, _Job]], stitched_eval: dict, x, y, cfg: StitchConfig,
-                 train_bn: bool) -> None:
+class _Engine:
+    """What every batch of one train_stitches call shares: the frozen models, their BN-layer lists and
+    statistics banks, the one optimiser and schedule, each adversarial job's stitched model."""
+
+    def __init__(self, front, end, active: list[tuple[int, _Job]], cfg: StitchConfig, train_bn: bool, steps: int,
+                 front_bank: _BNBank | None, end_bank: _BNBank | None, engine: EngineConfig = EngineConfig()):
+        self.front, self.end, self.cfg, self.train_bn, self.engine = front, end, cfg, train_bn, engine
+        self.front_bank, self.end_bank = front_bank, end_bank
+        self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
+        self.bn_consts = {"front": {}, "end": {}}  # _per_job_eval_bn's per-layer constants, built once
+        self.row = {n: k for k, (n, _) in enumerate(active)}
+        self.opt, self.sched = _optimiser([st for _, st in active], cfg, steps)
+        self.stitched_eval = {n: StitchedModel(front, end, st.stitch, st.job, st.front_bn, st.end_bn)
+                              for n, st in active if st.job.alpha > 0}
+
+
+class _Affine(torch.autograd.Function):
+    """y = x * scale + shift with constant scale and shift: one kernel forward (addcmul) and one backward
+    (grad * scale), where autograd's generic addcmul backward adds further multiplies and views."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift):
+        ctx.save_for_backward(scale)
+        return torch.addcmul(shift, x, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None, None
+
+
+@contextlib.contextmanager
+def _per_job_eval_bn(layers: list[nn.Module], states: list[list[torch.Tensor]], batch: int, consts: dict | None = None):
+    """Eval-mode BN layers that normalise the k-th block of `batch` samples with job k's running statistics:
+    the J jobs' inputs go through the shared frozen weights as one [J * batch] batch.
+
+    Eval-mode BN is a per-channel affine map; it is computed as the CPU kernel does (invstd = 1 / sqrt(var +
+    eps), scale = invstd * weight, shift = bias - mean * scale, y = x * scale + shift), for every layer and
+    job at once on the concatenated statistics, then each job's scale and shift repeated over its block.
+    `consts`: a dict kept by the caller across calls, for the layers' eps, weights and biases concatenated."""
+    if not layers:
+        yield
+        return
+    jobs = len(states)
+    n = [m.running_mean.numel() for m in layers]
+    like = layers[0].running_mean
+    mean = torch.stack([torch.cat(state[0::3]) for state in states])  # [J, sum C] (running stats are 1-D)
+    var = torch.stack([torch.cat(state[1::3]) for state in states])
+    consts = {} if consts is None else consts
+    if not consts:
+        consts["eps"] = torch.cat([torch.full((c,), m.eps, dtype=like.dtype, device=like.device)
+                                   for c, m in zip(n, layers)])
+        consts["weight"] = torch.cat([m.weight.detach() if m.weight is not None else torch.ones_like(m.running_mean)
+                                      for m in layers])
+        consts["bias"] = torch.cat([m.bias.detach() if m.bias is not None else torch.zeros_like(m.running_mean)
+                                    for m in layers])
+    eps, weight, bias = consts["eps"], consts["weight"], consts["bias"]
+    scale = 1 / torch.sqrt(var + eps) * weight
+    shift = bias - mean * scale
+    scale, shift = scale.repeat_interleave(batch, dim=0), shift.repeat_interleave(batch, dim=0)  # [J * batch, sum C]
+    # per-layer views: split once along the channels, for 2-D inputs and (the common case) 4-D feature maps
+    split2 = list(zip(scale.split(n, dim=1), shift.split(n, dim=1)))
+    split4 = list(zip(scale[:, :, None, None].split(n, dim=1), shift[:, :, None, None].split(n, dim=1)))
+    try:
+        for m, two, four in zip(layers, split2, split4):
+            shaped: dict[int, tuple[torch.Tensor, torch.Tensor]] = {2: two, 4: four}  # by input rank [N, C, ...]
+
+            def forward(x, shaped=shaped):
+                if x.dim() not in shaped:
+                    extra = (1,) * (x.dim() - 2)
+                    shaped[x.dim()] = tuple(t.reshape(*t.shape, *extra) for t in shaped[2])
+                s, t = shaped[x.dim()]
+                return _Affine.apply(x, s, t)
+
+            m.forward = forward  # the instance attribute shadows the class's forward for this block only
+        yield
+    finally:
+        for m in layers:
+            m.__dict__.pop("forward", None)
+
+
+def _batched_pgd(eng: "_Engine", group: list[tuple[int, "_Job"]], x: torch.Tensor, y: torch.Tensor) -> dict:
+    """PGD (attacks.pgd_linf's steps) against the stitched models of several jobs at one stitch point at once:
+    their inputs stacked into one batch, the shared front and end run once per step, each job's stitch
+    on its own block and each job's eval-mode BN statistics on its block (_per_job_eval_bn). Every sample's
+    loss depends on its own input only, so the gradient of the summed loss is each job's own."""
+    cfg, front, end = eng.cfg, eng.front, eng.end
+    (i, j), b = (group[0][1].job.front_point, group[0][1].job.end_point), len(x)
+    x = x.detach()
+    if cfg.pgd_random_start:  # each job's own generator, as pgd_linf draws it
+        starts = []
+        for _, st in group:
+            u = torch.rand(x.shape, generator=st.gen, device=st.gen.device, dtype=x.dtype)
+            starts.append((x + cfg.pgd_eps * (2.0 * u.to(x.device) - 1.0)).clamp(0.0, 1.0))
+        x_adv = torch.cat(starts)
+    else:
+        x_adv = x.repeat(len(group), *([1] * (x.dim() - 1)))
+    lower = (x - cfg.pgd_eps).clamp(min=0.0).repeat(len(group), *([1] * (x.dim() - 1)))
+    upper = (x + cfg.pgd_eps).clamp(max=1.0).repeat(len(group), *([1] * (x.dim() - 1)))
+    targets = y.repeat(len(group))
+    train_bn = eng.train_bn
+    front_states = [st.front_bn for _, st in group] if train_bn else [get_bn_state(front)] * len(group)
+    end_states = [st.end_bn for _, st in group] if train_bn else [get_bn_state(end)] * len(group)
+    with eval_mode(front, end), _per_job_eval_bn(eng.front_layers, front_states, b, eng.bn_consts["front"]), \
+            _per_job_eval_bn(eng.end_layers, end_states, b, eng.bn_consts["end"]):
+        for _ in range(cfg.pgd_steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                a = front.activations_upto(x_adv, i)
+                out = torch.cat([st.stitch(part) for (_, st), part in zip(group, a.split(b))])
+                loss = F.cross_entropy(end.forward_from(out, j), targets, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + cfg.pgd_step * grad.sign()
+            x_adv = torch.max(torch.min(x_adv, upper), lower)
+    return {n: xa for (n, _), xa in zip(group, x_adv.detach().split(b))}
+
+
+def _train_batch(eng: _Engine, running: list[tuple[int, _Job]], x, y) -> None:
     """One optimiser step of every running job on batch (x, y)."""
+    cfg, train_bn, front, end = eng.cfg, eng.train_bn, eng.front, eng.end
     # 1. adversarial inputs, crafted before this batch touches any running statistics
     x_adv = {}
+    bf16 = eng.engine.pgd_bf16 and x.device.type == "cuda"
+    if eng.engine.batch_pgd and cfg.pgd_steps > 0 and cfg.pgd_eps != 0:
+        groups: dict[tuple[int, int], list] = {}
+        for n, st in running:
+            if st.job.alpha > 0:
+                groups.setdefault((st.job.front_point, st.job.end_point), []).append((n, st))
+        for group in groups.values():
+            if len(group) > 1:
+                with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                    x_adv.update(_batched_pgd(eng, group, x, y))
     for n, st in running:
-        if st.job.alpha > 0:
-            model = stitched_eval[n]
-            model.front_bn, model.end_bn = st.front_bn, st.end_bn
-            x_adv[n] = attacks.pgd_linf(model, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
-                                        steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
+        if st.job.alpha > 0 and n not in x_adv:
+            with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                x_adv[n] = attacks.pgd_linf(eng.stitched_eval[n], x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
+                                            steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
     # 2. one front and one end forward on the clean batch for every job that trains on clean inputs
-    clean_targets = _shared_forward(front, end, x, train_bn, [st for _, st in running if st.job.alpha < 1])
-    # 3. each job's stitched forward(s), loss and step
+    clean = [(n, st) for n, st in running if st.job.alpha < 1]
+    clean_targets = _shared_forward(eng, x, clean)
+    # 3. each job's stitched forward(s) and loss; then one step of all stitches
+    front.train(train_bn), end.train(train_bn)
+    eng.opt.zero_grad(set_to_none=True)
     for n, st in running:
         batch_inputs = []
         if st.job.alpha < 1:
             batch_inputs.append((1 - st.job.alpha, clean_targets))
         if st.job.alpha > 0:
-            batch_inputs.append((st.job.alpha, _own_forward(front, end, x_adv[n], train_bn, st)))
-        st.opt.zero_grad(set_to_none=True)
+            batch_inputs.append((st.job.alpha, _own_forward(eng, x_adv[n], st)))
         total = 0.0
-        for share, (front_acts, targets, end_logits) in batch_inputs:
-            with _job_bn_live(end, st.end_bn if train_bn else None), _autocast(x.device):
-                end.train(train_bn)
-                out = st.stitch(front_acts[st.job.front_point])
-                loss = objective_loss(st.job, out, end, y, targets, end_logits, cfg, train_bn)
-            (share * loss).backward()
-            total = total + share * loss.detach()
-        st.opt.step()
-        st.sched.step()
+        with swap_bn_state(end, st.end_bn if train_bn else None, eng.end_layers):
+            for share, (front_acts, targets, end_logits) in batch_inputs:
+                with _autocast(x.device):
+                    out = st.stitch(front_acts[st.job.front_point])
+                    loss = objective_loss(st.job, out, end, y, targets, end_logits, cfg, train_bn)
+                (share * loss).backward()
+                total = total + share * loss.detach()
         st.loss_sum += total
+    eng.opt.step()
+    eng.sched.step()
 
 
 def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequence[StitchJob], data: ImageSet,
                    cfg: StitchConfig = StitchConfig(), *, init_data: ImageSet | None = None,
-                   checkpoint: Checkpointer = NO_CHECKPOINT, progress: bool = True) -> list[StitchOutcome]:
+                   checkpoint: Checkpointer = NO_CHECKPOINT, progress: bool = True,
+                   engine: EngineConfig = EngineConfig()) -> list[StitchOutcome]:
     """Train every job's stitch in one pass over `data` (front and end stay frozen).
 
     Per batch: PGD inputs are crafted for each adversarial job (its stitched model in eval mode with its
     own BN statistics); one front and one end forward on the clean batch serve every job with alpha < 1;
     jobs with alpha > 0 then forward their own adversarial batch. The loss is (1 - alpha) L(clean) +
-    alpha L(adversarial), every target computed on the same input the stitched model sees.
+    alpha L(adversarial), every target computed on the same input the stitched model sees. One Adam
+    steps every stitch (its state is per parameter: the same steps as one optimiser per job).
 
     Args:
         data: training images (labels for TLM; IRIs for invariance-aware stitching).
         init_data: images for the least-squares init (default `data`; the authors use real images for IRI runs).
         checkpoint: where the state after each epoch goes, so a killed run resumes where it stopped.
+        engine: CUDA speed settings (EngineConfig); ignored on the CPU.
     Returns one StitchOutcome per job, in order; a job whose loss became non-finite is stopped and
     reported in `.error` while the others go on.
     """
+    device = next(front.parameters()).device
+    if device.type != "cuda":
+        engine = dataclasses.replace(engine, pgd_bf16=False, channels_last=False, cudnn_benchmark=False,
+                                     batch_pgd=bool(engine.batch_pgd))
+    elif engine.batch_pgd is None:
+        engine = dataclasses.replace(engine, batch_pgd=True)
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = was or engine.cudnn_benchmark
+    try:
+        return _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress, engine)
+    finally:
+        torch.backends.cudnn.benchmark = was
+
+
+def _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress, engine: EngineConfig):
     from tqdm.auto import tqdm
 
     if not jobs:
@@ -657,40 +935,53 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
     _check_inputs(front, end, jobs, data, init_data)
     device = next(front.parameters()).device
     freeze(front), freeze(end)
+    if engine.channels_last:  # in place, as .to() is for modules; the numbers are the same up to summation order
+        front.to(memory_format=torch.channels_last), end.to(memory_format=torch.channels_last)
     data, init_data = data.to(device), (init_data or data).to(device)
     stitches = init_stitches(front, end, jobs, init_data, cfg)
+    if engine.channels_last:
+        for stitch in stitches:
+            stitch.to(memory_format=torch.channels_last)
     train_bn = cfg.bn_mode == "train"
     outcomes: list[StitchOutcome | None] = [None] * len(jobs)
-    active: list[tuple[int, _Job]] = []
     steps = steps_per_epoch(len(data), cfg.batch_size)
-    front_bn0 = get_bn_state(front) if train_bn else None
-    end_bn0 = get_bn_state(end) if train_bn else None
+    trained = [n for n, job in enumerate(jobs) if job.objective != "dm" and cfg.epochs > 0]
+    # every trained job's running statistics start from the models' own (rows of the banks)
+    front_bank = _BNBank(front, len(trained)) if train_bn and trained else None
+    end_bank = _BNBank(end, len(trained)) if train_bn and trained else None
+    active: list[tuple[int, _Job]] = []
     for n, (job, stitch) in enumerate(zip(jobs, stitches)):
-        if job.objective == "dm" or cfg.epochs == 0:
+        if n not in trained:
             outcomes[n] = StitchOutcome(job, _stitch_state(stitch), None, None, [])
         else:
-            active.append((n, _Job(job, stitch, cfg, steps, [t.clone() for t in front_bn0] if train_bn else None,
-                                   [t.clone() for t in end_bn0] if train_bn else None, device)))
+            k = len(active)
+            active.append((n, _Job(job, stitch, cfg, front_bank.rows[k] if front_bank else None,
+                                   end_bank.rows[k] if end_bank else None, device)))
 
+    live_front_bn, live_end_bn = get_bn_state(front), get_bn_state(end)
+    eng = _Engine(front, end, active, cfg, train_bn, steps, front_bank, end_bank, engine) if active else None
     data_gen = torch.Generator().manual_seed(cfg.seed)  # one data order for all jobs (CPU: randperm)
     start_epoch = 0
-    resumed = checkpoint.load()
+    resumed = checkpoint.load() if active else None
     if resumed is not None:
         start_epoch = resumed["epoch"]
         data_gen.set_state(resumed["data_gen"])
         for (_, st), s in zip(active, resumed["jobs"]):
-            st.load(s)
+            st.load(s, eng.opt)
+        # the shared schedule (and the learning rate it set) from a job that was still training
+        s = next((s for s in resumed["jobs"] if s["error"] is None), resumed["jobs"][0])
+        eng.sched.load_state_dict(s["sched"])
+        eng.opt.param_groups[0]["lr"] = s["opt"]["param_groups"][0]["lr"]
 
-    live_front_bn, live_end_bn = get_bn_state(front), get_bn_state(end)
     try:
-        stitched_eval = {n: StitchedModel(front, end, st.stitch, st.job) for n, st in active}
         bar = tqdm(desc=f"{len(active)} stitches", total=cfg.epochs * steps, initial=start_epoch * steps,
-                   disable=not progress, unit="batch")
-        for epoch in range(start_epoch, cfg.epochs):
+                   disable=not progress or not active, unit="batch")
+        for epoch in range(start_epoch, cfg.epochs if active else 0):
             for x, y in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
                                     drop_last=True):
-                _train_batch(front, end, [(n, st) for n, st in active if st.error is None], stitched_eval,
-                             x, y, cfg, train_bn)
+                if engine.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                _train_batch(eng, [(n, st) for n, st in active if st.error is None], x, y)
                 bar.update()
             for n, st in active:
                 if st.error is None:
@@ -700,14 +991,17 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
                         st.error = f"stopped: non-finite loss ({mean_loss}) in epoch {epoch + 1} of job {st.job.name}"
                     st.losses.append(mean_loss)
             bar.set_postfix(epoch=epoch + 1)
-            checkpoint.save({"epoch": epoch + 1, "data_gen": data_gen.get_state(), "jobs": [st.state() for _, st in active]})
+            checkpoint.save({"epoch": epoch + 1, "data_gen": data_gen.get_state(),
+                             "jobs": [st.state(eng.opt, eng.sched) for _, st in active]})
 
         bar.close()
-    finally:  # the live buffers served as scratch space: give the caller its models back untouched
+    finally:  # the live buffers are never written (the jobs' own are swapped in); restore them all the same
         set_bn_state(front, live_front_bn), set_bn_state(end, live_end_bn)
     front.eval(), end.eval()
+    own = (lambda bn: None if bn is None else [t.clone() for t in bn])  # not views of the whole bank
     for n, st in active:
-        outcomes[n] = StitchOutcome(st.job, _stitch_state(st.stitch), st.front_bn, st.end_bn, st.losses, st.error)
+        outcomes[n] = StitchOutcome(st.job, _stitch_state(st.stitch), own(st.front_bn), own(st.end_bn), st.losses,
+                                    st.error)
     for n, job in enumerate(given_jobs):  # each outcome carries the job as the caller gave it (names stay names)
         outcomes[n].job = job
     return outcomes  # type: ignore[return-value]
@@ -729,48 +1023,56 @@ def _check_inputs(front, end, jobs: Sequence[StitchJob], data: ImageSet, init_da
                          f"{classes} classes: train on the end model's task (or data.first_classes(k))")
 
 
-@contextlib.contextmanager
-def _job_bn_live(model: nn.Module, state: list[torch.Tensor] | None):
-    """Load a job's running buffers into the live model for a train-mode forward and store them back after."""
-    if state is None:
-        yield
-        return
-    set_bn_state(model, state)
-    try:
-        yield
-    finally:
-        for dst, src in zip(state, get_bn_state(model)):
-            dst.copy_(src)
-
-
-def _shared_forward(front, end, x, train_bn: bool, clean_jobs: list[_Job]):
+def _shared_forward(eng: _Engine, x, clean_jobs: list[tuple[int, _Job]]):
     """Front and end activations (and end logits) on a batch, once for all jobs that train on it."""
     if not clean_jobs:
         return None
-    device = x.device
+    front, end, train_bn = eng.front, eng.end, eng.train_bn
     front.train(train_bn), end.train(train_bn)
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(x.device):
         if train_bn:
-            with capture_bn_update(front) as front_up:
+            with eng.front_bank.capture(front):
                 front_acts = front.activations(x)
-            with batch_statistics_only(end):  # targets: batch statistics, no running update for any job
+            with batch_statistics_only(end, eng.end_layers):  # targets: batch statistics, no job's update
                 targets, end_logits = end.activations(x, with_logits=True)
-            for st in clean_jobs:
-                apply_bn_update(front, st.front_bn, front_up)
+            eng.front_bank.apply_captured([eng.row[n] for n, _ in clean_jobs])
         else:
             front_acts = front.activations(x)
             targets, end_logits = end.activations(x, with_logits=True)
     return front_acts, targets, end_logits
 
 
-def _own_forward(front, end, x, train_bn: bool, st: _Job):
-    """Front and end forwards on one job's own (adversarial) batch, with that job's running statistics."""
+class _AtPoint:
+    """A list-like holding one activation at index k (what objective_loss reads of a job's front/targets)."""
+
+    def __init__(self, k: int, value: torch.Tensor):
+        self.k, self.value = k, value
+
+    def __getitem__(self, k):
+        if k != self.k:
+            raise IndexError(f"only point {self.k} was computed, not {k}")
+        return self.value
+
+
+def _own_forward(eng: _Engine, x, st: _Job):
+    """Front and end forwards on one job's own (adversarial) batch, with that job's running statistics.
+
+    Only what the job reads is run: the front up to its point i (f_{<=i}: the layers after i do not act on
+    the stitched model) and, of the end model (batch statistics, nothing updated), the activation at j for
+    hint, every later point for FuLA, the logits for SLM and nothing for TLM/HLM."""
+    front, end, train_bn = eng.front, eng.end, eng.train_bn
+    i, j, objective = st.job.front_point, st.job.end_point, st.job.objective
     front.train(train_bn), end.train(train_bn)
     with torch.no_grad(), _autocast(x.device):
-        with _job_bn_live(front, st.front_bn if train_bn else None):
-            front_acts = front.activations(x)
-        with batch_statistics_only(end) if train_bn else contextlib.nullcontext():
-            targets, end_logits = end.activations(x, with_logits=True)
+        with swap_bn_state(front, st.front_bn if train_bn else None, eng.front_layers):
+            front_acts = _AtPoint(i, front.activations_upto(x, i))
+        targets = end_logits = None
+        if objective in ("hint", "fula", "slm"):
+            with batch_statistics_only(end, eng.end_layers) if train_bn else contextlib.nullcontext():
+                if objective == "hint":
+                    targets = _AtPoint(j, end.activations_upto(x, j))
+                else:
+                    targets, end_logits = end.activations(x, with_logits=True)
     return front_acts, targets, end_logits
 
 

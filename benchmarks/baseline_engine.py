@@ -1,0 +1,804 @@
+# Baseline for the engine benchmarks and equality tests: fula_core/stitching.py as of commit 77b1bc8
+# (STITCHING_VERSION 2, before the per-job overhead work of issue 14), imports made absolute. Do not edit:
+# tests/test_engine_equality.py and benchmarks/dispatch_count.py compare the current engine against it.
+"""Model stitching: h = g_{>j} o T o f_{<=i} with T an affine map chosen by the activations' shapes:
+a 1x1 convolution with bias between feature maps [B, C, H, W], a per-token linear map between token
+sequences [B, T, D], a linear map between vectors [B, D] (see Stitch).
+
+Objectives for T (FuLA paper §2, invariance_aware.md):
+  tlm / hlm  cross-entropy of the stitched model to the labels
+  slm        KL(softmax g(x) || softmax h(x)): the end model's soft labels
+  dm         least squares at the stitch point, closed form, no training
+  hint       the DM loss (relative Frobenius error at the stitch point) trained by gradient on the full set
+  fula       weighted mean of the relative error at the stitch point and at every later stitch point of g
+
+Every stitch starts from the least-squares (DM) solution on K training samples. The trainer takes many
+jobs that share a front and an end model and trains them in one pass over the data: one forward of each
+frozen model per batch serves every clean job. With train-mode BatchNorm (the paper's default: frozen
+weights, running statistics still updated) each job keeps its own copy of both models' running statistics
+and gets exactly the updates a separate run would.
+
+Which running statistics move in train-BN mode (the authors' loop, `freeze_bn_running_stats` in their
+code): the front's, from its forward on the batch the stitch sees, and the end model's layers after the
+stitch point, from the *stitched* forward only. The end model's own forward that computes the targets
+uses batch statistics but updates nothing, so g_{>j} estimates the statistics of the stitched model
+h = g_{>j} o T o f_{<=i} alone, as a stitched model trained in train mode would.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fula_core import attacks, metrics
+from fula_core.data import ImageSet, batches, steps_per_epoch
+from fula_core.models import StitchableResNet, eval_mode, freeze
+from fula_core.store import NO_CHECKPOINT, Checkpointer
+
+STITCHING_VERSION = 2  # part of every cache key: bump when a change here alters trained stitches
+# 2: the end model's target forward no longer updates any job's running statistics (train-BN bookkeeping fix)
+
+OBJECTIVES = ("tlm", "hlm", "slm", "dm", "hint", "fula")
+TRAINED_OBJECTIVES = ("tlm", "hlm", "slm", "hint", "fula")
+BN_MODES = ("train", "eval")
+REDUCTIONS = ("batch", "sample")
+LSTSQ_SOLVERS = ("exact", "authors")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    """How a stitch is trained. Defaults are the paper's (App. A.2) and the authors' code."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[float, ...] = (1 / 3, 2 / 3)  # fractions of training; LR x lr_gamma at each
+    lr_gamma: float = 0.1
+    lstsq_samples: int = 100  # K images for the least-squares init: 100 in paper 1, 500 in the authors' code
+    # "exact": float64 normal equations, every singular value kept; "authors": their float32
+    # torch.linalg.pinv of the design matrix with its default cutoff (drops small singular values)
+    lstsq_solver: str = "exact"
+    bn_mode: str = "train"  # "train": frozen weights, running statistics updated (paper); "eval": untouched
+    fula_reduction: str = "batch"  # "batch": norms over the mini-batch tensor (authors' code); "sample": Eq. 5
+    augment: bool = True  # the base models' crop (+ flip) augmentation
+    resize: bool = True  # bilinear resize of the front activation when resolutions differ (cross-layer)
+    pgd_eps: float = 8 / 255  # adversarial stitching (alpha > 0): PGD against the stitched model
+    pgd_step: float = 2 / 255
+    pgd_steps: int = 10
+    pgd_random_start: bool = False  # the authors' code starts PGD at the clean image
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.fula_reduction not in REDUCTIONS:
+            raise ValueError(f"fula_reduction must be one of {REDUCTIONS}, got {self.fula_reduction!r}")
+        if self.lstsq_solver not in LSTSQ_SOLVERS:
+            raise ValueError(f"lstsq_solver must be one of {LSTSQ_SOLVERS}, got {self.lstsq_solver!r}")
+        for name in ("epochs", "batch_size", "lstsq_samples", "pgd_steps", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise TypeError(f"StitchConfig.{name} must be an integer, got {getattr(self, name)!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lstsq_samples < 1:
+            raise ValueError("epochs must be >= 0, batch_size and lstsq_samples >= 1")
+        if not self.lr > 0:  # (also catches NaN)
+            raise ValueError(f"StitchConfig.lr must be > 0, got {self.lr!r}")
+        if not all(0 < m < 1 for m in self.lr_milestones):
+            raise ValueError(f"StitchConfig.lr_milestones are fractions of training, each in (0, 1); got {self.lr_milestones!r}")
+
+
+@dataclass(frozen=True)
+class StitchJob:
+    """One stitch: front point i -> end point j, trained with `objective`, a share `alpha` of PGD inputs.
+
+    Points are given by index or by name (a wrapped model's module name, e.g. "layer2"); the trainer
+    resolves names against the models (resolve_job). `fula_weights` (FuLA only) weigh the terms at the
+    stitch point and each later stitch point of g (length: the end model's number of points - j, 9 - j
+    for the project's ResNets); None means uniform. Weights (0, ..., 0, 1) keep only the last hint
+    (paper Fig. 6).
+    """
+
+    front_point: int | str
+    end_point: int | str
+    objective: str
+    alpha: float = 0.0
+    fula_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        for name in ("front_point", "end_point"):  # NumPy integers are points too; True and 2.0 are not
+            k = getattr(self, name)
+            if isinstance(k, str) and k:
+                continue
+            if not _is_int(k):
+                raise TypeError(f"{name} must be a stitch point index (an integer >= 0) or a point name, got {k!r}")
+            if k < 0:
+                raise IndexError(f"{name}={k!r}: a stitch point is an index >= 0 or a point name")
+            object.__setattr__(self, name, int(k))
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha (share of adversarial inputs) must be in [0, 1], got {self.alpha}")
+        if self.objective == "dm" and self.alpha > 0:
+            raise ValueError("dm is solved in closed form on clean data: alpha must be 0")
+        if self.fula_weights is not None:
+            if self.objective != "fula":
+                raise ValueError("fula_weights only apply to the fula objective")
+            _check_weights(self.fula_weights, len(self.fula_weights))
+
+    @property
+    def name(self) -> str:
+        w = "" if self.fula_weights is None else "-w" + "_".join(f"{x:g}" for x in self.fula_weights)
+        return f"{self.objective}{w}[{self.front_point}->{self.end_point}]a{self.alpha:g}"
+
+
+def _is_int(value) -> bool:
+    """An integer (Python or NumPy), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def resolve_job(job: StitchJob, front, end) -> StitchJob:
+    """The job with both points as indices of `front` and `end` (names looked up, ranges checked) and
+    its FuLA weights checked against the end model's number of later points."""
+    i, j = front.point_index(job.front_point), end.point_index(job.end_point)
+    if job.fula_weights is not None:
+        _check_weights(job.fula_weights, len(end.stitch_points) - j)
+    return dataclasses.replace(job, front_point=i, end_point=j)
+
+
+def proportional_jobs(front, end, objective: str, **fields) -> list[StitchJob]:
+    """One job per end point, each paired with the front point at the same relative depth (the authors'
+    mapping between architectures with different numbers of points; see stitchable.proportional_points)."""
+    from fula_core.stitchable import proportional_points
+
+    pairs = proportional_points(len(front.stitch_points), len(end.stitch_points))
+    return [StitchJob(i, j, objective, **fields) for j, i in enumerate(pairs)]
+
+
+def _check_weights(weights: Sequence[float], n_terms: int) -> None:
+    if len(weights) != n_terms:
+        raise ValueError(f"need {n_terms} FuLA weights (stitch point + later points), got {len(weights)}")
+    if not all(isinstance(w, numbers.Real) and math.isfinite(w) for w in weights):
+        raise ValueError(f"fula_weights must be finite numbers, got {tuple(weights)}")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"FuLA weights must be non-negative with a positive sum, got {tuple(weights)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The stitch and its least-squares initialisation
+
+
+def activation_kind(shape: Sequence[int]) -> str:
+    """"conv" for a per-sample shape [C, H, W], "token" for [T, D], "vector" for [D]."""
+    kinds = {3: "conv", 2: "token", 1: "vector"}
+    if len(shape) not in kinds:
+        raise ValueError(f"cannot stitch an activation of per-sample shape {tuple(shape)}: expected [C, H, W] "
+                         f"(feature map), [T, D] (tokens) or [D] (vector)")
+    return kinds[len(shape)]
+
+
+def _token_grid(tokens: int) -> tuple[int, int]:
+    """(side, prefix) for a token sequence of a square patch grid plus `prefix` leading tokens (a class
+    token, registers): side = floor(sqrt(T)), the rest are prefix tokens (fewer than the side)."""
+    side = math.isqrt(tokens)
+    prefix = tokens - side * side
+    if side < 1 or prefix >= side:
+        raise ValueError(f"{tokens} tokens are not a square patch grid plus a few leading (class) tokens: "
+                         f"conv <-> token stitches need one")
+    return side, prefix
+
+
+class Stitch(nn.Module):
+    """The affine stitch T, its family chosen by the activations' shapes (as the authors do):
+
+    * conv -> conv: a 1x1 convolution with bias; bilinear resize first when the resolutions differ.
+    * token -> token: one linear map applied to every token (equal token counts required). The class
+      token is a token like the others: it goes through the same map to the end's class-token slot.
+    * vector -> vector: a linear map.
+    * conv -> token: the feature map is resized to the end's patch grid and read as tokens (row-major);
+      the end's leading (class) tokens get the spatial mean; then the per-token linear map.
+    * token -> conv: the leading (class) tokens are dropped, the patch tokens laid out on their square
+      grid and resized to the end's resolution; then the 1x1 convolution.
+    * conv / token -> vector: global average over positions / tokens, then the linear map.
+
+    Args:
+        in_channels, out_channels: channels (conv) or embedding sizes (tokens, vectors) on each side.
+        out_size: the end activation's per-sample shape without its channel dimension: (H, W) for a
+            feature map, (T,) for tokens, () for a vector.
+        front_kind, end_kind: "conv", "token" or "vector".
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, out_size: Sequence[int] = (), resize: bool = True, *,
+                 front_kind: str = "conv", end_kind: str | None = None):
+        super().__init__()
+        out_size = tuple(int(v) for v in out_size)
+        end_kind = end_kind or {2: "conv", 1: "token", 0: "vector"}[len(out_size)]
+        if front_kind == "vector" and end_kind != "vector":
+            raise ValueError(f"a vector has no spatial layout to map onto a {end_kind} end point: stitch a vector "
+                             f"front point to a vector end point")
+        self.front_kind, self.end_kind, self.out_size, self.resize = front_kind, end_kind, out_size, resize
+        if end_kind == "conv":
+            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        else:
+            self.linear = nn.Linear(in_channels, out_channels, bias=True)
+
+    @classmethod
+    def between(cls, front_shape: Sequence[int], end_shape: Sequence[int], resize: bool = True) -> "Stitch":
+        """The stitch between two per-sample activation shapes ([C, H, W], [T, D] or [D])."""
+        fk, ek = activation_kind(front_shape), activation_kind(end_shape)
+        c_in = front_shape[0] if fk == "conv" else front_shape[-1]
+        c_out, rest = (end_shape[0], end_shape[1:]) if ek == "conv" else (end_shape[-1], end_shape[:-1])
+        return cls(c_in, c_out, rest, resize, front_kind=fk, end_kind=ek)
+
+    def _resized(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(a.shape[-2:]) == tuple(size):
+            return a
+        if not self.resize:
+            raise ValueError(
+                f"front activation is {tuple(a.shape[-2:])} but the end point expects {tuple(size)}: "
+                f"enable resize=True (bilinear, as in cross-layer stitching) or choose matching points"
+            )
+        return F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+
+    def adapt(self, a: torch.Tensor) -> torch.Tensor:
+        """The front activation in the end's layout, still with the front's channels (before the map)."""
+        fk, ek = self.front_kind, self.end_kind
+        if ek == "vector":
+            return a.mean(dim=(2, 3)) if fk == "conv" else a.mean(dim=1) if fk == "token" else a
+        if ek == "conv":
+            if fk == "token":
+                side, prefix = _token_grid(a.shape[1])
+                a = a[:, prefix:].transpose(1, 2).reshape(a.shape[0], a.shape[2], side, side)
+            return self._resized(a, self.out_size)
+        # token end
+        (tokens,) = self.out_size
+        if fk == "token":
+            if a.shape[1] != tokens:
+                raise ValueError(f"token counts differ: the front point has {a.shape[1]} tokens, the end point "
+                                 f"{tokens}; a per-token stitch needs equal counts (same patch grid and number of "
+                                 f"class tokens): choose points or models with matching token counts")
+            return a
+        side, prefix = _token_grid(tokens)
+        grid = self._resized(a, (side, side)).flatten(2).transpose(1, 2)  # [B, side*side, C]
+        if prefix:
+            grid = torch.cat([a.mean(dim=(2, 3)).unsqueeze(1).expand(-1, prefix, -1), grid], dim=1)
+        return grid
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        a = self.adapt(a)
+        return self.conv(a) if self.end_kind == "conv" else self.linear(a)
+
+    def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Load a solved affine map (lstsq_init's (weight, bias))."""
+        layer = self.conv if self.end_kind == "conv" else self.linear
+        with torch.no_grad():
+            layer.weight.copy_(weight.reshape(layer.weight.shape)), layer.bias.copy_(bias)
+
+
+def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor, solver: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares affine map from front to end activations, over every pixel (or token) of K samples.
+
+    Solves min_{W,b} sum_rows ||W a + b - t||^2 with the Moore-Penrose pseudo-inverse of the design
+    matrix [a, 1]. A row is a pixel of a feature map, a token of a sequence, or a whole vector.
+    solver="exact" goes through its normal equations in float64 (the Gram matrix is only (C+1)^2) and keeps
+    every direction; solver="authors" reproduces the authors' code, a float32 torch.linalg.pinv of the design
+    matrix itself with its default cutoff, which drops the singular values below max(rows, cols) * eps * the
+    largest (up to 27 of 65 at the 32x32 points of a width-64 ResNet with K = 500): a lower-rank start.
+
+    Args:
+        front_act: [K, C_in, H, W], [K, T, C_in] or [K, C_in], already in the end's layout (Stitch.adapt).
+        end_act: [K, C_out, H, W], [K, T, C_out] or [K, C_out].
+    Returns:
+        (weight [C_out, C_in, 1, 1] for feature maps, else [C_out, C_in]; bias [C_out]) in front_act's dtype.
+    """
+    if front_act.dim() != end_act.dim() or front_act.dim() not in (2, 3, 4):
+        raise ValueError(f"lstsq_init expects activations of the same layout, [K, C, H, W], [K, T, D] or [K, D]; "
+                         f"got {tuple(front_act.shape)} and {tuple(end_act.shape)}")
+    conv = front_act.dim() == 4
+    positions_f = front_act.shape[2:] if conv else front_act.shape[1:-1]
+    positions_e = end_act.shape[2:] if conv else end_act.shape[1:-1]
+    if front_act.shape[0] != end_act.shape[0] or positions_f != positions_e:
+        raise ValueError(
+            f"front {tuple(front_act.shape)} and end {tuple(end_act.shape)} activations must share samples and "
+            f"resolution (or token count): resize the front activation to the end's (Stitch(resize=True) does it) first"
+        )
+    c_in, c_out = (front_act.shape[1], end_act.shape[1]) if conv else (front_act.shape[-1], end_act.shape[-1])
+    x = (front_act.permute(0, 2, 3, 1) if conv else front_act).reshape(-1, c_in).double()
+    x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    y = (end_act.permute(0, 2, 3, 1) if conv else end_act).reshape(-1, c_out).double()
+    if solver == "authors":
+        solution = (torch.linalg.pinv(x.float()) @ y.float()).double()
+    elif solver == "exact":
+        solution = torch.linalg.pinv(x.T @ x, hermitian=True) @ (x.T @ y)  # [C_in + 1, C_out]
+    else:
+        raise ValueError(f"solver must be one of {LSTSQ_SOLVERS}, got {solver!r}")
+    weight = solution[:-1].T.to(front_act.dtype)
+    weight = weight.reshape(c_out, c_in, 1, 1) if conv else weight
+    bias = solution[-1].to(front_act.dtype)
+    return weight, bias
+
+
+# ----------------------------------------------------------------------------------------------------
+# Losses
+
+
+def relative_error(a: torch.Tensor, t: torch.Tensor, reduction: str = "batch") -> torch.Tensor:
+    """||a - t||_F / ||t||_F: over the whole mini-batch tensor ("batch") or per sample then mean ("sample")."""
+    a, t = a.float(), t.float()  # reductions in fp32 even under autocast
+    if reduction == "batch":
+        return (a - t).norm() / t.norm()
+    if reduction == "sample":
+        return ((a - t).flatten(1).norm(dim=1) / t.flatten(1).norm(dim=1)).mean()
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def fula_loss(stitched_acts, target_acts, weights=None, reduction: str = "batch") -> torch.Tensor:
+    """FuLA (Eq. 5): weighted mean of the relative errors at the stitch point and every later stitch point.
+
+    Args:
+        stitched_acts: [T(f(x)) at the stitch point, g_{>j} activations at each later point] (no logits).
+        target_acts: the end model's own activations g_{<=l}(x) at the same points.
+        weights: one non-negative weight per term; None = uniform. Normalised to sum to one.
+        reduction: "batch" (norms over the mini-batch tensor, authors' code) or "sample" (Eq. 5).
+    """
+    if len(stitched_acts) != len(target_acts) or not stitched_acts:
+        raise ValueError(f"need matching non-empty lists, got {len(stitched_acts)} and {len(target_acts)}")
+    n = len(stitched_acts)
+    weights = [1.0] * n if weights is None else list(weights)
+    _check_weights(weights, n)
+    total = sum(weights)
+    return sum((w / total) * relative_error(a, t, reduction) for w, a, t in zip(weights, stitched_acts, target_acts) if w)
+
+
+def slm_loss(stitched_logits: torch.Tensor, end_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax g(x) || softmax h(x)) at temperature 1, mean over the batch."""
+    return F.kl_div(F.log_softmax(stitched_logits.float(), 1), F.log_softmax(end_logits.float(), 1),
+                    reduction="batchmean", log_target=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# BatchNorm running statistics: one copy per job
+
+
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def get_bn_state(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of every BN running buffer (mean, var, count) in a fixed order."""
+    return [b.clone() for m in bn_layers(model) for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
+
+
+def set_bn_state(model: nn.Module, state: list[torch.Tensor]) -> None:
+    it = iter(state)
+    for m in bn_layers(model):
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked):
+            b.copy_(next(it))
+
+
+@contextlib.contextmanager
+def capture_bn_update(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Run train-mode forwards inside and get the increments they add to every running buffer.
+
+    A train-mode BN forward sets running <- (1 - m) running + m batch_stat. Started from zero buffers it
+    leaves exactly m * batch_stat, which any job then applies to its own copy: apply_bn_update.
+    """
+    for m in bn_layers(model):
+        if m.momentum is None:
+            raise ValueError("cumulative-average BatchNorm (momentum=None) is not supported by the multi-job trainer")
+        m.running_mean.zero_(), m.running_var.zero_(), m.num_batches_tracked.zero_()
+    captured: list[torch.Tensor] = []
+    yield captured
+    captured.extend(get_bn_state(model))
+
+
+@contextlib.contextmanager
+def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None):
+    """Use a job's running buffers inside the block by swapping tensor objects, not copying into them:
+    an attack's backward pass still needs the tensors its forward saved."""
+    if state is None:
+        yield
+        return
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    layers = bn_layers(model)
+    saved = [[getattr(m, n) for n in names] for m in layers]
+    it = iter(state)
+    for m in layers:
+        for n in names:
+            setattr(m, n, next(it))
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved):
+            for n, t in zip(names, old):
+                setattr(m, n, t)
+
+
+@contextlib.contextmanager
+def batch_statistics_only(model: nn.Module):
+    """Train-mode BN forwards inside use their batch statistics and update no running buffer.
+
+    The buffers are detached from the layers for the block (BatchNorm then normalises with the batch
+    statistics and tracks nothing) and put back after: no copy, and num_batches_tracked stays put too.
+    """
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    layers = bn_layers(model)
+    saved = [[getattr(m, n) for n in names] for m in layers]
+    for m in layers:
+        for n in names:
+            setattr(m, n, None)
+    try:
+        yield
+    finally:
+        for m, old in zip(layers, saved):
+            for n, t in zip(names, old):
+                setattr(m, n, t)
+
+
+def apply_bn_update(model: nn.Module, state: list[torch.Tensor], captured: list[torch.Tensor]) -> None:
+    """state <- (1 - m) state + captured, in place, for a job's copy of the running buffers."""
+    it_s, it_c = iter(state), iter(captured)
+    for m in bn_layers(model):
+        for _ in ("mean", "var"):
+            s = next(it_s)
+            s.mul_(1 - m.momentum).add_(next(it_c))
+        next(it_s).add_(next(it_c))  # num_batches_tracked
+
+
+# ----------------------------------------------------------------------------------------------------
+# A trained stitch as a model
+
+
+class StitchedModel(nn.Module):
+    """h = g_{>j} o T o f_{<=i}, always run with the frozen models in eval mode and the job's own BN stats."""
+
+    def __init__(self, front: StitchableResNet, end: StitchableResNet, stitch: Stitch, job: StitchJob,
+                 front_bn: list[torch.Tensor] | None = None, end_bn: list[torch.Tensor] | None = None):
+        super().__init__()
+        self.front, self.end, self.stitch, self.job = front, end, stitch, job
+        self.front_bn, self.end_bn = front_bn, end_bn
+
+    def train(self, mode: bool = True) -> "StitchedModel":
+        """Only the stitch follows: the frozen front and end keep their own modes (forward runs them in eval
+        mode anyway), so predict()'s model.train(was) never leaves them updating their statistics."""
+        self.training = mode
+        self.stitch.train(mode)
+        return self
+
+    @contextlib.contextmanager
+    def _job_bn(self):
+        with eval_mode(self.front, self.end), swap_bn_state(self.front, self.front_bn), \
+                swap_bn_state(self.end, self.end_bn):
+            yield
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._job_bn():
+            a = self.stitch(self.front.activations_upto(x, self.job.front_point))
+            return self.end.forward_from(a, self.job.end_point)
+
+
+@dataclass
+class StitchOutcome:
+    """What training one job produced."""
+
+    job: StitchJob
+    stitch_state: dict  # the Stitch's state_dict
+    front_bn: list[torch.Tensor] | None  # the job's running statistics (train-BN mode), else None
+    end_bn: list[torch.Tensor] | None
+    losses: list[float]  # mean training loss per epoch
+    error: str | None = None  # set when the job was stopped (e.g. non-finite loss)
+
+    def model(self, front: StitchableResNet, end: StitchableResNet, resize: bool = True) -> StitchedModel:
+        state = self.stitch_state
+        w = state["conv.weight"] if "conv.weight" in state else state["linear.weight"]
+        kinds = state.get("kinds")  # absent in conv -> conv states stored before the other families existed
+        front_kind, end_kind = (STITCH_KINDS[int(kinds[0])], STITCH_KINDS[int(kinds[1])]) if kinds is not None \
+            else ("conv", "conv")
+        stitch = Stitch(w.shape[1], w.shape[0], tuple(state["out_size"].tolist()), resize, front_kind=front_kind,
+                        end_kind=end_kind)
+        stitch.load_state_dict({k: v for k, v in state.items() if k not in ("out_size", "kinds")})
+        return StitchedModel(front, end, stitch.to(w.device), self.job, self.front_bn, self.end_bn)
+
+
+STITCH_KINDS = ("conv", "token", "vector")
+
+
+def _stitch_state(stitch: Stitch) -> dict:
+    state = {k: v.detach().clone() for k, v in stitch.state_dict().items()}
+    state["out_size"] = torch.tensor(stitch.out_size, dtype=torch.long)
+    if (stitch.front_kind, stitch.end_kind) != ("conv", "conv"):  # conv -> conv states keep their old form
+        state["kinds"] = torch.tensor([STITCH_KINDS.index(stitch.front_kind), STITCH_KINDS.index(stitch.end_kind)])
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------
+# The multi-job trainer
+
+
+def _job_seed(seed: int, job: StitchJob) -> int:
+    """Each job's own random stream (PGD starts): independent of which other jobs run beside it."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{job.name}".encode()).digest()[:7], "little")
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA for the convolutions; losses and the least-squares solve are computed in fp32
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: StitchConfig) -> list[Stitch]:
+    """Least-squares (DM) initialisation of every job's stitch on K training images, models in eval mode."""
+    jobs = [resolve_job(j, front, end) for j in jobs]
+    sample = data.take(cfg.lstsq_samples, seed=cfg.seed)
+    x = sample.images.float() / 255
+    with torch.no_grad(), eval_mode(front, end):
+        front_acts = [torch.cat(t) for t in zip(*(front.activations(xb) for xb in x.split(256)))]
+        end_acts = [torch.cat(t) for t in zip(*(end.activations(xb) for xb in x.split(256)))]
+    stitches = []
+    for job in jobs:
+        a, t = front_acts[job.front_point], end_acts[job.end_point]
+        stitch = Stitch.between(tuple(a.shape[1:]), tuple(t.shape[1:]), cfg.resize).to(a.device)
+        weight, bias = lstsq_init(stitch.adapt(a), t, cfg.lstsq_solver)
+        stitch.set_affine(weight, bias)
+        stitches.append(stitch)
+    return stitches
+
+
+class _Job:
+    """Mutable training state of one job inside the trainer."""
+
+    def __init__(self, job, stitch, cfg, steps, front_bn, end_bn, device):
+        self.job, self.stitch = job, stitch
+        self.opt = torch.optim.Adam(stitch.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        milestones = sorted({max(1, round(f * cfg.epochs)) * steps for f in cfg.lr_milestones})
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones, gamma=cfg.lr_gamma)
+        self.front_bn, self.end_bn = front_bn, end_bn
+        self.gen = torch.Generator(device=device).manual_seed(_job_seed(cfg.seed, job))
+        self.loss_sum = torch.zeros((), device=device)
+        self.losses: list[float] = []
+        self.error: str | None = None
+
+    def state(self) -> dict:
+        return {"stitch": self.stitch.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "front_bn": self.front_bn, "end_bn": self.end_bn, "gen": self.gen.get_state(),
+                "losses": self.losses, "error": self.error}
+
+    def load(self, s: dict) -> None:
+        self.stitch.load_state_dict(s["stitch"]), self.opt.load_state_dict(s["opt"]), self.sched.load_state_dict(s["sched"])
+        self.front_bn, self.end_bn, self.losses, self.error = s["front_bn"], s["end_bn"], s["losses"], s["error"]
+        self.gen.set_state(s["gen"])
+
+
+def objective_loss(job: StitchJob, stitch_out, end, y, targets, end_logits, cfg, need_forward: bool):
+    """The job's loss on one input batch, given the end model's targets on that same batch."""
+    j = job.end_point
+    if job.objective == "hint":
+        loss = relative_error(stitch_out, targets[j], cfg.fula_reduction)
+        if need_forward:  # train-BN: the stitched forward re-estimates g_{>j}'s statistics, as a full run would
+            with torch.no_grad():
+                end.forward_from(stitch_out.detach(), j)
+        return loss
+    if job.objective == "fula":
+        later, _ = end.activations_from(stitch_out, j, with_logits=True)
+        return fula_loss([stitch_out] + later, targets[j:], job.fula_weights, cfg.fula_reduction)
+    logits = end.forward_from(stitch_out, j)
+    if job.objective == "slm":
+        return slm_loss(logits, end_logits)
+    return F.cross_entropy(logits.float(), y)  # tlm / hlm
+
+
+def _train_batch(front, end, running: list[tuple[int, _Job]], stitched_eval: dict, x, y, cfg: StitchConfig,
+                 train_bn: bool) -> None:
+    """One optimiser step of every running job on batch (x, y)."""
+    # 1. adversarial inputs, crafted before this batch touches any running statistics
+    x_adv = {}
+    for n, st in running:
+        if st.job.alpha > 0:
+            model = stitched_eval[n]
+            model.front_bn, model.end_bn = st.front_bn, st.end_bn
+            x_adv[n] = attacks.pgd_linf(model, x, y, eps=cfg.pgd_eps, step_size=cfg.pgd_step,
+                                        steps=cfg.pgd_steps, random_start=cfg.pgd_random_start, generator=st.gen)
+    # 2. one front and one end forward on the clean batch for every job that trains on clean inputs
+    clean_targets = _shared_forward(front, end, x, train_bn, [st for _, st in running if st.job.alpha < 1])
+    # 3. each job's stitched forward(s), loss and step
+    for n, st in running:
+        batch_inputs = []
+        if st.job.alpha < 1:
+            batch_inputs.append((1 - st.job.alpha, clean_targets))
+        if st.job.alpha > 0:
+            batch_inputs.append((st.job.alpha, _own_forward(front, end, x_adv[n], train_bn, st)))
+        st.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for share, (front_acts, targets, end_logits) in batch_inputs:
+            with _job_bn_live(end, st.end_bn if train_bn else None), _autocast(x.device):
+                end.train(train_bn)
+                out = st.stitch(front_acts[st.job.front_point])
+                loss = objective_loss(st.job, out, end, y, targets, end_logits, cfg, train_bn)
+            (share * loss).backward()
+            total = total + share * loss.detach()
+        st.opt.step()
+        st.sched.step()
+        st.loss_sum += total
+
+
+def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequence[StitchJob], data: ImageSet,
+                   cfg: StitchConfig = StitchConfig(), *, init_data: ImageSet | None = None,
+                   checkpoint: Checkpointer = NO_CHECKPOINT, progress: bool = True) -> list[StitchOutcome]:
+    """Train every job's stitch in one pass over `data` (front and end stay frozen).
+
+    Per batch: PGD inputs are crafted for each adversarial job (its stitched model in eval mode with its
+    own BN statistics); one front and one end forward on the clean batch serve every job with alpha < 1;
+    jobs with alpha > 0 then forward their own adversarial batch. The loss is (1 - alpha) L(clean) +
+    alpha L(adversarial), every target computed on the same input the stitched model sees.
+
+    Args:
+        data: training images (labels for TLM; IRIs for invariance-aware stitching).
+        init_data: images for the least-squares init (default `data`; the authors use real images for IRI runs).
+        checkpoint: where the state after each epoch goes, so a killed run resumes where it stopped.
+    Returns one StitchOutcome per job, in order; a job whose loss became non-finite is stopped and
+    reported in `.error` while the others go on.
+    """
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return []
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError("duplicate stitch jobs: each (front, end, objective, alpha, weights) once")
+    given_jobs, jobs = list(jobs), [resolve_job(j, front, end) for j in jobs]  # points as indices from here on
+    _check_inputs(front, end, jobs, data, init_data)
+    device = next(front.parameters()).device
+    freeze(front), freeze(end)
+    data, init_data = data.to(device), (init_data or data).to(device)
+    stitches = init_stitches(front, end, jobs, init_data, cfg)
+    train_bn = cfg.bn_mode == "train"
+    outcomes: list[StitchOutcome | None] = [None] * len(jobs)
+    active: list[tuple[int, _Job]] = []
+    steps = steps_per_epoch(len(data), cfg.batch_size)
+    front_bn0 = get_bn_state(front) if train_bn else None
+    end_bn0 = get_bn_state(end) if train_bn else None
+    for n, (job, stitch) in enumerate(zip(jobs, stitches)):
+        if job.objective == "dm" or cfg.epochs == 0:
+            outcomes[n] = StitchOutcome(job, _stitch_state(stitch), None, None, [])
+        else:
+            active.append((n, _Job(job, stitch, cfg, steps, [t.clone() for t in front_bn0] if train_bn else None,
+                                   [t.clone() for t in end_bn0] if train_bn else None, device)))
+
+    data_gen = torch.Generator().manual_seed(cfg.seed)  # one data order for all jobs (CPU: randperm)
+    start_epoch = 0
+    resumed = checkpoint.load()
+    if resumed is not None:
+        start_epoch = resumed["epoch"]
+        data_gen.set_state(resumed["data_gen"])
+        for (_, st), s in zip(active, resumed["jobs"]):
+            st.load(s)
+
+    live_front_bn, live_end_bn = get_bn_state(front), get_bn_state(end)
+    try:
+        stitched_eval = {n: StitchedModel(front, end, st.stitch, st.job) for n, st in active}
+        bar = tqdm(desc=f"{len(active)} stitches", total=cfg.epochs * steps, initial=start_epoch * steps,
+                   disable=not progress, unit="batch")
+        for epoch in range(start_epoch, cfg.epochs):
+            for x, y in batches(data, cfg.batch_size, shuffle=True, generator=data_gen, augment_data=cfg.augment,
+                                    drop_last=True):
+                _train_batch(front, end, [(n, st) for n, st in active if st.error is None], stitched_eval,
+                             x, y, cfg, train_bn)
+                bar.update()
+            for n, st in active:
+                if st.error is None:
+                    mean_loss = float(st.loss_sum) / steps
+                    st.loss_sum.zero_()
+                    if not math.isfinite(mean_loss):
+                        st.error = f"stopped: non-finite loss ({mean_loss}) in epoch {epoch + 1} of job {st.job.name}"
+                    st.losses.append(mean_loss)
+            bar.set_postfix(epoch=epoch + 1)
+            checkpoint.save({"epoch": epoch + 1, "data_gen": data_gen.get_state(), "jobs": [st.state() for _, st in active]})
+
+        bar.close()
+    finally:  # the live buffers served as scratch space: give the caller its models back untouched
+        set_bn_state(front, live_front_bn), set_bn_state(end, live_end_bn)
+    front.eval(), end.eval()
+    for n, st in active:
+        outcomes[n] = StitchOutcome(st.job, _stitch_state(st.stitch), st.front_bn, st.end_bn, st.losses, st.error)
+    for n, job in enumerate(given_jobs):  # each outcome carries the job as the caller gave it (names stay names)
+        outcomes[n].job = job
+    return outcomes  # type: ignore[return-value]
+
+
+def _check_inputs(front, end, jobs: Sequence[StitchJob], data: ImageSet, init_data: ImageSet | None) -> None:
+    """Errors that name the mismatched part, instead of a shape error deep inside a convolution or a loss."""
+    for images in (data, init_data or data):
+        channels = images.images.shape[1]
+        for part, model in (("front", front), ("end", end)):
+            expected = getattr(model, "in_channels", None)
+            if expected is not None and channels != expected:
+                raise ValueError(f"{images.name} has {channels}-channel images but the {part} model takes "
+                                 f"{expected} channels: stitch models of the same input kind")
+    uses_labels = any(j.objective in ("tlm", "hlm") or j.alpha > 0 for j in jobs)  # TLM/HLM losses and PGD use labels
+    classes = getattr(end, "num_classes", None)
+    if uses_labels and classes is not None and len(data) and int(data.labels.max()) >= classes:
+        raise ValueError(f"{data.name} has label {int(data.labels.max())}, outside the end model's "
+                         f"{classes} classes: train on the end model's task (or data.first_classes(k))")
+
+
+@contextlib.contextmanager
+def _job_bn_live(model: nn.Module, state: list[torch.Tensor] | None):
+    """Load a job's running buffers into the live model for a train-mode forward and store them back after."""
+    if state is None:
+        yield
+        return
+    set_bn_state(model, state)
+    try:
+        yield
+    finally:
+        for dst, src in zip(state, get_bn_state(model)):
+            dst.copy_(src)
+
+
+def _shared_forward(front, end, x, train_bn: bool, clean_jobs: list[_Job]):
+    """Front and end activations (and end logits) on a batch, once for all jobs that train on it."""
+    if not clean_jobs:
+        return None
+    device = x.device
+    front.train(train_bn), end.train(train_bn)
+    with torch.no_grad(), _autocast(device):
+        if train_bn:
+            with capture_bn_update(front) as front_up:
+                front_acts = front.activations(x)
+            with batch_statistics_only(end):  # targets: batch statistics, no running update for any job
+                targets, end_logits = end.activations(x, with_logits=True)
+            for st in clean_jobs:
+                apply_bn_update(front, st.front_bn, front_up)
+        else:
+            front_acts = front.activations(x)
+            targets, end_logits = end.activations(x, with_logits=True)
+    return front_acts, targets, end_logits
+
+
+def _own_forward(front, end, x, train_bn: bool, st: _Job):
+    """Front and end forwards on one job's own (adversarial) batch, with that job's running statistics."""
+    front.train(train_bn), end.train(train_bn)
+    with torch.no_grad(), _autocast(x.device):
+        with _job_bn_live(front, st.front_bn if train_bn else None):
+            front_acts = front.activations(x)
+        with batch_statistics_only(end) if train_bn else contextlib.nullcontext():
+            targets, end_logits = end.activations(x, with_logits=True)
+    return front_acts, targets, end_logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict(model, data: ImageSet, batch_size: int = 500) -> torch.Tensor:
+    """Logits of `model` (eval mode, each submodule's mode restored afterwards) on every image of `data`."""
+    device = data.images.device
+    with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+        out = [model(xb.float().div(255)) for xb in data.images.split(batch_size)]
+    return torch.cat(out).float().to(device)
+
+
+def evaluate(model, data: ImageSet, end_logits: torch.Tensor | None = None, batch_size: int = 500) -> dict[str, float]:
+    """Accuracy (and agreement with the end model, when its logits on `data` are given), in percent."""
+    logits = predict(model, data, batch_size)
+    result = {"accuracy": metrics.accuracy(logits, data.labels)}
+    if end_logits is not None:
+        result["agreement"] = metrics.agreement_probability(logits, end_logits)
+    return result
+
+
+def result_row(job: StitchJob, **fields) -> dict:
+    """A tidy result row: the job's fields plus the given values."""
+    return {**dataclasses.asdict(job), "job": job.name, **fields}

@@ -1,0 +1,130 @@
+"""The `paper` grid's wall time on one and on 8 GPUs, from per-unit costs and the grid's true unit counts,
+with the protocol choices that could cut it and what each saves.
+
+Unit counts: 9,736 stitch trainings and 126 IRI sets, as counted from the notebooks' own job lists in
+issue 14 (not recounted here: `--stitches` / `--iri-sets` override them), split over alpha = 0, 0.5, 1 in
+equal thirds; base models, epochs, AutoAttack and IRI settings from fula_core's `paper` profile
+(common.PaperGrid.from_profile). Per-unit costs: measured ones from a JSON (`--units`, the `units` object
+benchmarks/stitching_throughput.py writes under `projection`, or gpu_check.sh's), else derived from counted
+FLOPs (common.forward_flops) at an assumed effective rate (`--tflops`, default 200 TFLOP/s: about a fifth of
+an H100's dense bf16 peak, what small 32x32 convolutions reach; an assumption, replace it by a measurement).
+
+    .venv/bin/python benchmarks/project_paper.py [--units gpu_check.json] [--gpus 8] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import PaperGrid, forward_flops, project_paper_grid  # noqa: E402
+
+TRUE_STITCHES, TRUE_IRI_SETS = 9_736, 126  # issue 14: the notebooks' job lists
+
+
+def flop_units(tflops: float, grid: PaperGrid, pgd_steps: int = 10, jobs_per_call: int = 36) -> dict:
+    """Per-unit costs (s) from counted FLOPs: F = one ResNet18 forward (width 64, 3x32x32); a backward ~ 2F.
+
+    base clean image 3F; PGD-AT image (clean share 0.5) 3F + 0.5 * steps * 3F; a clean stitch job-image:
+    the shared front and end forwards (2F) over the jobs of a call plus the stitched g_{>j} forward and
+    backward (on average half the network: 1.5F); alpha = 1 adds PGD on the stitched model (steps x 3F) and
+    its own front/end forwards (2F); AutoAttack: iter x EOT x 2 losses x 3F per image (upper bound: every
+    point goes through both); an IRI step 3F."""
+    f = forward_flops("resnet18", 64, 3, 32) / (tflops * 1e12)
+    return {"base_clean_per_image": 3 * f, "base_at_per_image": 3 * f + 0.5 * pgd_steps * 3 * f,
+            "stitch_per_job_image": {0.0: 2 * f / jobs_per_call + 1.5 * f,
+                                     1.0: pgd_steps * 3 * f + 2 * f + 1.5 * f},
+            "autoattack_per_1000": 1000 * grid.autoattack_iter * grid.autoattack_eot * 2 * 3 * f,
+            "iri_per_1000_200": 1000 * 200 * 3 * f,
+            "note": f"FLOP-derived at an assumed {tflops:g} TFLOP/s effective"}
+
+
+def load_units(path: str) -> dict:
+    with open(path) as fh:
+        obj = json.load(fh)
+    for key in ("units", "projection"):  # accept the bare units, a projection, or a whole benchmark JSON
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if "engine" in obj and isinstance(obj["engine"], dict) and "units" in obj["engine"]:
+        obj = obj["engine"]["units"]
+    units = dict(obj)
+    units["stitch_per_job_image"] = {float(k): v for k, v in units["stitch_per_job_image"].items()}
+    return units
+
+
+def choices(grid: PaperGrid) -> dict[str, PaperGrid]:
+    """Protocol choices that cut the grid, each on its own (the saving is against the full grid)."""
+    thirds = grid.stitch_alpha_shares
+    no_half = tuple((a, s) for a, s in thirds if a != 0.5)
+    per_arch = 1 / len(grid.archs)
+    return {
+        "drop the alpha = 0.5 row": dataclasses.replace(
+            grid, stitch_runs=round(grid.stitch_runs * (1 - 1 / 3)),
+            stitch_alpha_shares=tuple((a, s * 1.5) for a, s in no_half)),
+        "adversarial rows for ResNet18 only (appendix architectures clean)": dataclasses.replace(
+            grid, stitch_alpha_shares=tuple((a, s if a == 0 else s * per_arch) for a, s in thirds),
+            autoattack_models=round(grid.autoattack_models * per_arch)),
+        "stitch epochs 30 -> 10": dataclasses.replace(grid, stitch_epochs=10),
+        "AutoAttack on 500 test images (not 1000)": dataclasses.replace(grid, autoattack_images=500),
+        "AutoAttack EOT 20 -> 1 (deterministic eval-mode models: same attack)": dataclasses.replace(grid, autoattack_eot=1),
+        "IRIs at 3 of 9 points": dataclasses.replace(grid, iri_sets=grid.iri_sets // 3),
+    }
+
+
+def project(units: dict, stitches: int = TRUE_STITCHES, iri_sets: int = TRUE_IRI_SETS, gpus: int = 8) -> dict:
+    grid = dataclasses.replace(PaperGrid.from_profile(), stitch_runs=stitches, iri_sets=iri_sets,
+                               autoattack_models=stitches)
+    full = project_paper_grid(units, grid, "full paper grid")
+    out = {"counts": {"stitches": stitches, "iri_sets": iri_sets, "autoattack_models": stitches,
+                      "source": "issue 14's count of the notebooks' job lists; alpha shares in thirds"},
+           "units": {**units, "stitch_per_job_image": {str(k): v for k, v in units["stitch_per_job_image"].items()}},
+           "rows_h": {k: v / 3600 for k, v in full["rows_s"].items()},
+           "total_h_1gpu": full["total_h"], "gpus": gpus,
+           "total_h_ngpu": full["total_h"] / gpus,  # the grid is thousands of independent units: near-linear
+           "choices": {}}
+    for name, g in choices(grid).items():
+        t = project_paper_grid(units, g, name)["total_h"]
+        out["choices"][name] = {"total_h_1gpu": t, "saves_h_1gpu": full["total_h"] - t}
+    return out
+
+
+def print_projection(p: dict) -> None:
+    print(f"== `paper` grid projection ({p['counts']['stitches']:,} stitches, {p['counts']['iri_sets']} IRI sets; "
+          f"{p['counts']['source']}) ==")
+    print(f"   per-unit costs: {p['units'].get('note', 'measured')}")
+    for k, v in p["rows_h"].items():
+        print(f"   {k:<28s} {v:10.1f} h")
+    print(f"   TOTAL on 1 GPU {p['total_h_1gpu']:10.1f} h   on {p['gpus']} GPUs {p['total_h_ngpu']:8.1f} h "
+          f"(targets: <= 24 h on one H100, <= 4 h on 8)")
+    print("   protocol choices (each alone):")
+    for k, v in p["choices"].items():
+        print(f"     {k:<70s} saves {v['saves_h_1gpu']:8.1f} h -> {v['total_h_1gpu']:8.1f} h")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--units", help="JSON with measured per-unit costs (else FLOP-derived)")
+    ap.add_argument("--tflops", type=float, default=200.0, help="effective TFLOP/s for FLOP-derived costs")
+    ap.add_argument("--stitches", type=int, default=TRUE_STITCHES)
+    ap.add_argument("--iri-sets", type=int, default=TRUE_IRI_SETS)
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    units = load_units(a.units) if a.units else flop_units(a.tflops, PaperGrid.from_profile())
+    p = project(units, a.stitches, a.iri_sets, a.gpus)
+    print_projection(p)
+    if a.json:
+        os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
+        with open(a.json, "w") as fh:
+            json.dump(p, fh, indent=1)
+    return p
+
+
+if __name__ == "__main__":
+    main()
