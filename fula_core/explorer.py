@@ -388,7 +388,7 @@ class Explorer:
 
         k = CHANNELS_SHOWN
         fig = plt.figure(figsize=(10.5, 4.6))
-        grid = fig.add_gridspec(3, k + 2, width_ratios=[1.1] + [1] * k + [2.2], wspace=0.25, hspace=0.35)
+        grid = fig.add_gridspec(3, k + 3, width_ratios=[1.1] + [1] * k + [0.45, 2.2], wspace=0.25, hspace=0.35)
         ax = fig.add_subplot(grid[:, 0])
         img = info["image"]
         ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray", vmin=0, vmax=1)
@@ -413,7 +413,7 @@ class Explorer:
                     a.set_title(f"ch {chans[c]}" if chans is not None else "", fontsize=7)
                 if c == 0:
                     a.set_ylabel(name, fontsize=8)
-        ax_e = fig.add_subplot(grid[:, k + 1])
+        ax_e = fig.add_subplot(grid[:, k + 2])  # (column k + 1: room for its axis label)
         ks = sorted(info["errors"])
         ax_e.bar([p + 1 for p in ks], [100 * info["errors"][p] for p in ks], color="tab:green")
         ax_e.set_xticks([p + 1 for p in ks])
@@ -474,8 +474,7 @@ class Explorer:
         what a reader sees where the widget cannot run (the repository page, nbconvert)."""
         if not self.last:
             return "<p>(the explorer has not rendered a selection yet)</p>"
-        imgs = "".join(f"<img style='max-width:100%' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
-                       for p in self.last["figures"])
+        imgs = _images_html(self.last["figures"])
         return (f"<div><p><i>Static snapshot of the layer explorer (run the notebook to use the controls).</i></p>"
                 f"{format_html(self.last['result'])}<p style='font-size:90%'>{html.escape(_plain(AGREEMENT_DEFINITION))}"
                 f"</p>{imgs}</div>")
@@ -508,7 +507,6 @@ class Explorer:
         are also kept in `self.controls` (front, end, front_point, end_point, objective, image, train, status,
         result, views, log) for scripting and tests."""
         import ipywidgets as W
-        from IPython.display import Image, display
 
         ids = self.model_ids
         end_id = end_id or ids[0]
@@ -531,7 +529,7 @@ class Explorer:
             "The stitched model is $h = g_{>j} \\circ T \\circ f_{\\le i}$: the front model $f$ up to point $i$, "
             "a trained 1x1 convolution $T$, then the end model $g$ after point $j$. " + AGREEMENT_DEFINITION))
         shown = W.HTML()
-        views = W.Output()
+        views = W.HTML()  # the figures as <img> data URIs (also what the static snapshot embeds)
         log = W.Output()
 
         def selection():
@@ -547,10 +545,7 @@ class Explorer:
             shown.value = format_html(r)
             button.disabled = r["status"] in ("cached", "trained")
             status.value = ""
-            views.clear_output(wait=True)
-            with views:
-                for png in last["figures"]:
-                    display(Image(data=png, format="png"))
+            views.value = _images_html(last["figures"])
 
         def models_changed(change):
             for w, mid in ((fp, front.value), (ep, end.value)):
@@ -610,6 +605,11 @@ class ExplorerView:
         bundle = dict(self.box._repr_mimebundle_(include=include, exclude=exclude) or {})
         bundle["text/html"] = self.explorer.snapshot_html()
         return bundle
+
+
+def _images_html(pngs: list[bytes]) -> str:
+    return "".join(f"<img style='max-width:100%;display:block' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
+                   for p in pngs)
 
 
 def _maps(a: torch.Tensor, k: int, order: list[int] | None = None):

@@ -166,6 +166,7 @@ def test_widget_builds_and_trains_on_click(store, monkeypatch):
     assert c["front_point"].options[6] == ("7 · layer3.1", 6)
     fp, obj, button, shown = c["front_point"], c["objective"], c["train"], c["result"]
     assert "from the cache" in shown.value and button.disabled  # trained by the first test
+    assert c["views"].value.count("data:image/png;base64,") == 2  # overview + one image through the stitch
     assert button.layout.width == "max-content"  # the label is never cut off
     fp.value = 2
     assert "not trained" in shown.value and not button.disabled
