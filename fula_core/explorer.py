@@ -686,6 +686,6 @@ def format_html(r: dict) -> str:
             ("linear CKA of f≤i(x) and g≤j(x) (0 to 1, training-free)", num(r["cka"], pct=False))]
     if r.get("error"):
         rows.append(("error", html.escape(r["error"])))
-    body = "".join(f"<tr><td style='padding-right:1em;text-align:left'>{k}</td><td style='text-align:right'>"
+    body = "".join(f"<tr><td style='padding-right:1em;text-align:left'>{k}</td><td style='text-align:left'>"
                    f"<b>{v}</b></td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
