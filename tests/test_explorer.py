@@ -185,3 +185,15 @@ def test_widget_builds_and_trains_on_click(store, monkeypatch):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     html_ = bundle["text/html"]
     assert "Static snapshot" in html_ and "data:image/png;base64," in html_ and "VBox(" not in html_
+
+
+def test_every_architecture_of_the_profile_is_listed(tmp_path):
+    from fula_core import zoo
+    from fula_core.config import get_profile
+
+    P = get_profile("paper")  # three architectures
+    ex = Explorer(ResultStore(tmp_path), P, "cpu", progress=False)
+    assert ex.model_ids == list(zoo.table1_configs(P))
+    assert any(m.endswith(" resnet34") for m in ex.model_ids) and any(m.endswith(" resnet18_noskip") for m in ex.model_ids)
+    assert all(len(ex.points_of(m)) == 9 for m in ex.model_ids)
+    assert Explorer(ResultStore(tmp_path), P, "cpu", arch="resnet34").model_ids == list(zoo.zoo_configs(P, "resnet34"))
