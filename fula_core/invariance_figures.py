@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import attacks, invariance, metrics
+from . import attacks, invariance, metrics, plots
 from .data import ImageSet
 from .models import eval_mode
 from .plots import select
@@ -26,7 +26,8 @@ from .store import ResultStore, config_key
 
 DATA_LABELS = {"real": "real data", "iri": "IRIs"}
 DATA_STYLES = {"real": "-", "iri": "--", None: "-"}
-OBJECTIVE_COLOURS = {"HLM": "tab:blue", "SLM": "tab:orange", "FuLA": "tab:green", "DM": "tab:red"}
+# the same colour per objective as paper 1's figures (one mapping, fula_core.plots), keyed by label here
+OBJECTIVE_COLOURS = {plots.OBJECTIVE_LABELS[k]: c for k, c in plots.OBJECTIVE_COLOURS.items()}
 _FALLBACK_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 
 

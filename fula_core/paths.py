@@ -52,6 +52,18 @@ def executed_dir(profile: str) -> pathlib.Path:
     return output_root() / "executed" / profile
 
 
+class OutputPath(type(pathlib.Path())):
+    """A written file's path that displays relative to the output root ('results/quick/x.csv'): a notebook
+    cell that ends with a save call shows it as its value, and a published notebook must not show the
+    folder of the machine that ran it (a temporary clone, a home directory). It is a normal Path otherwise."""
+
+    def __repr__(self) -> str:
+        try:
+            return repr(str(pathlib.PurePath(self).relative_to(output_root())))
+        except ValueError:  # outside the output root: its name says what was written
+            return repr(self.name)
+
+
 def save_figure(fig, name: str, *, profile: str, notebook: str, config=None) -> pathlib.Path:
     """Save `fig` as figures/<profile>/<name>.png and .pdf and record it in the profile's manifest.
 
@@ -64,7 +76,7 @@ def save_figure(fig, name: str, *, profile: str, notebook: str, config=None) -> 
     fig.savefig(png, dpi=120, bbox_inches="tight")
     fig.savefig(out / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None})
     _record(profile, name, notebook, config, [png.name, f"{name}.pdf"])
-    return png
+    return OutputPath(png)
 
 
 def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pathlib.Path:
@@ -75,7 +87,7 @@ def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pa
         df.to_csv(folder / f"{name}.csv", index=False)
         paths.append(folder / f"{name}.csv")
     _record(profile, name, notebook, config, [p.name for p in paths])
-    return paths[0]
+    return OutputPath(paths[0])
 
 
 def _record(profile: str, name: str, notebook: str, config, files: list[str]) -> None:

@@ -316,13 +316,35 @@ def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, devic
 SMOKE_COPIES = REPO / "tests" / "smoke_notebooks"
 
 
+# The kernelspec JupyterLab writes for this project's kernel (`jupyter kernelspec list --json` in the venv:
+# ipykernel's "python3" spec). A notebook published with another display name (papermill writes "Python 3")
+# is rewritten on open, which marks it modified before the reader has touched it.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
 def strip_volatile(nb) -> None:
-    """Drop what changes on every run (timings, papermill bookkeeping) so diffs show real changes."""
+    """Drop what changes on every run (timings, papermill bookkeeping) so diffs show real changes, and set
+    the kernelspec JupyterLab keeps (KERNELSPEC)."""
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)  # widget state is per session
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.cells:
         for key in ("papermill", "execution", "ExecuteTime"):
             cell.metadata.pop(key, None)
+
+
+def renumber(nb) -> None:
+    """Execution counts 1..n over the code cells that ran, in order (a dropped cell, e.g. papermill's
+    injected parameters, leaves no gap); each cell's execute_result carries its cell's number."""
+    n = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.get("execution_count") is None:
+            continue
+        n += 1
+        cell.execution_count = n
+        for out in cell.outputs:
+            if out.output_type == "execute_result":
+                out.execution_count = n
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -340,6 +362,38 @@ def drop_progress_bars(nb) -> int:
         removed += len(cell.outputs) - len(kept)
         cell.outputs = kept
     return removed
+
+
+def prefer_snapshots(nb) -> int:
+    """A widget output that also carries a static text/html snapshot (the explorer's view) keeps only the
+    snapshot: the published notebook has no widget state, so the widget view could only show an error or
+    `VBox(children=...)`, while the snapshot shows the last rendered table and figures on the repository page
+    and in nbconvert. Running the notebook brings the live widget back. Returns how many were changed."""
+    changed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data and "text/html" in data:
+                del data[WIDGET_VIEW]
+                data["text/plain"] = "(layer explorer: run the notebook for the live widget)"
+                changed += 1
+    return changed
+
+
+LEAK = re.compile(r"(/tmp/|/work/|/home/|/Users/|/root/|\b[A-Z]:\\\w|PosixPath\(|WindowsPath\()")
+
+
+def leaked_paths(nb) -> list[str]:
+    """Lines of code-cell outputs that show a machine's path (a temporary clone, a home folder, a Path
+    object's repr): published notebooks must read the same on every machine."""
+    found = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            texts = [out.get("text", "")] + [v for k, v in out.get("data", {}).items()
+                                            if k.startswith("text/") and isinstance(v, str)]
+            for text in texts:
+                found += [line.strip()[:200] for line in text.splitlines() if LEAK.search(line)]
+    return found
 
 
 def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
@@ -363,6 +417,10 @@ def publish(profile: str, only: list[str] | None = None) -> list[pathlib.Path]:
         else:
             SMOKE_COPIES.mkdir(parents=True, exist_ok=True)
             target = SMOKE_COPIES / nb_path.name
+        prefer_snapshots(nb)
+        renumber(nb)
+        for line in leaked_paths(nb):
+            print(f"[fula] warning: {nb_path.name} shows a machine path in its outputs: {line}", file=sys.stderr)
         nbformat.write(nb, target)
         written.append(target)
     return written

@@ -25,8 +25,24 @@ from .models import NUM_STITCH_POINTS, eval_mode
 
 OBJECTIVE_LABELS = {"slm": "SLM", "tlm": "TLM", "hlm": "HLM", "dm": "DM", "hint": "Hint", "fula": "FuLA",
                     "fula_last": "FuLA (last hint)"}
+# One colour per objective in every figure of both papers (invariance_figures reads this mapping by label).
 OBJECTIVE_COLOURS = {"slm": "tab:orange", "tlm": "tab:red", "hlm": "tab:pink", "dm": "tab:gray", "hint": "tab:blue",
                      "fula": "tab:green", "fula_last": "tab:olive"}
+# Where curves overlap (several objectives reach the same accuracy, Figs 4-5) the one drawn last would hide the
+# others: each objective also has its own hollow marker and a small fixed sideways offset (in points, so the
+# data stay at the stitch points).
+OBJECTIVE_MARKERS = {"slm": "s", "tlm": "^", "hlm": "v", "dm": "x", "hint": "D", "fula": "o", "fula_last": "P"}
+_OFFSET_ORDER = ("slm", "tlm", "hlm", "dm", "hint", "fula", "fula_last")
+OFFSET_POINTS = 1.6  # between neighbouring objectives
+
+
+def objective_offset(ax, objective: str):
+    """A transform that draws `objective`'s curve a few points to the side of the data positions."""
+    from matplotlib.transforms import ScaledTranslation
+
+    k = _OFFSET_ORDER.index(objective) if objective in _OFFSET_ORDER else len(_OFFSET_ORDER) // 2
+    dx = (k - (len(_OFFSET_ORDER) - 1) / 2) * OFFSET_POINTS / 72
+    return ax.transData + ScaledTranslation(dx, 0, ax.figure.dpi_scale_trans)
 TASK_BASED = ("slm", "tlm")
 ALIGNMENT_BASED = ("hint", "fula")
 
@@ -167,8 +183,9 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
                 xs, ys = [FRONT_X] + xs, [front] + ys
             if end is not None:
                 xs, ys = xs + [END_X], ys + [end]
-            (line,) = ax.plot(xs, ys, linestyle=linestyle, marker="o", markersize=3, linewidth=1.3,
-                              color=colours.get(obj), label=f"{labels.get(obj, obj)}{label_suffix}")
+            (line,) = ax.plot(xs, ys, linestyle=linestyle, marker=OBJECTIVE_MARKERS.get(obj, "o"), markersize=4,
+                              markerfacecolor="none", linewidth=1.3, alpha=0.9, color=colours.get(obj),
+                              label=f"{labels.get(obj, obj)}{label_suffix}", transform=objective_offset(ax, obj))
             lines.append(line)
     for xpos, v in ((FRONT_X, front), (END_X, end)):
         if v is not None:
@@ -190,6 +207,7 @@ def _legend(fig, objectives: Sequence[str], eval_styles: EvalStyles, eval_labels
 
     colours = {**OBJECTIVE_COLOURS, **(colours or {})}
     handles = [Line2D([], [], color=colours.get(o), label=OBJECTIVE_LABELS.get(o, o), linewidth=2,
+                      marker=OBJECTIVE_MARKERS.get(o, "o"), markerfacecolor="none", markersize=5,
                       linestyle=(objective_styles or {}).get(o, "-")) for o in objectives]
     handles += [Line2D([], [], color="black", linestyle=ls, label=(eval_labels or {}).get(e, e))
                 for e, ls in eval_styles.items()]
@@ -398,7 +416,8 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
             for obj in objectives:
                 s = panel[panel["objective"] == obj].groupby("k")["value"].mean().sort_index()
                 if len(s):
-                    ax.plot(s.index, s.values, marker="o", markersize=3, linewidth=1.3,
+                    ax.plot(s.index, s.values, marker=OBJECTIVE_MARKERS.get(obj, "o"), markersize=4,
+                            markerfacecolor="none", linewidth=1.3, transform=objective_offset(ax, obj),
                             color=OBJECTIVE_COLOURS.get(obj), label=OBJECTIVE_LABELS.get(obj, obj),
                             linestyle=":" if obj == "dm" else "-")  # DM: the untrained initialisation
             if chance is not None:

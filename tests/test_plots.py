@@ -210,3 +210,28 @@ def test_baseline_table(tmp_path):
     assert set(base.metric) == {"accuracy"} and (base.task == "cross").all() and (base.dataset == "synthetic").all()
     with pytest.raises(ValueError):
         plots.baseline_table(store, {"a": ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu", key_names=("task", "pair"))
+
+
+def test_one_colour_per_objective_in_both_papers_figures():
+    from fula_core import invariance_figures as figs
+
+    for key, label in plots.OBJECTIVE_LABELS.items():
+        assert figs.OBJECTIVE_COLOURS[label] == plots.OBJECTIVE_COLOURS[key]
+    assert len(set(plots.OBJECTIVE_COLOURS.values())) == len(plots.OBJECTIVE_COLOURS)  # no two objectives share one
+
+
+def test_overlapping_curves_stay_distinguishable():
+    """Two objectives with identical numbers: different markers, and drawn side by side (a few points apart
+    on screen) while their data stay at the stitch points."""
+    import matplotlib.pyplot as plt
+
+    rows = [{"objective": o, "front_point": p, "eval": "test", "metric": "accuracy", "value": 50.0}
+            for o in ("hint", "fula") for p in (0, 4, 8)]
+    fig, ax = plt.subplots()
+    hint, fula = plots.stitching_plot(ax, rows, objectives=["hint", "fula"])
+    fig.canvas.draw()
+    assert list(hint.get_xdata()) == list(fula.get_xdata()) == [1, 5, 9]
+    assert hint.get_marker() != fula.get_marker()
+    on_screen = [line.get_transform().transform(line.get_xydata())[:, 0] for line in (hint, fula)]
+    assert (abs(on_screen[0] - on_screen[1]) > 1).all()  # pixels apart
+    plt.close(fig)
