@@ -20,6 +20,8 @@ They are registered as built-in data sets, so `TrainConfig(dataset="colour_fmnis
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import data as _data
@@ -60,7 +62,14 @@ def colourise(grey: torch.Tensor, colour_index: torch.Tensor, *, garment: bool =
 
 
 def make(kind: str, split: str, root=None) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """(images, labels, classes) of one Colour-Fashion-MNIST set (`kind` one of KINDS) and split."""
+    """(images, labels, classes) of one Colour-Fashion-MNIST set (`kind` one of KINDS) and split: generated
+    once per process (a notebook loads each set several times), handed out as copies."""
+    images, labels, classes = _make(kind, split, None if root is None else str(root))
+    return images.clone(), labels.clone(), classes
+
+
+@functools.lru_cache(maxsize=8)
+def _make(kind: str, split: str, root: str | None):
     if kind not in KINDS:
         raise ValueError(f"unknown colour data set kind {kind!r}: choose one of {', '.join(KINDS)}")
     fmnist = _data.load("fashion_mnist", split, root=root)

@@ -71,6 +71,14 @@ class Profile:
     # (paper 1 / the authors: 5,000 k CIFAR images, so the count grows with k); "fixed_total" = the same number
     # of images for every k, drawn from the first k classes (only the label distribution changes)
     class_subset_sampling: str = "per_class"
+    # notebook 08 (beyond the papers): Smith et al.'s colour testbed and the stitch-capacity ablation
+    beyond_model_overrides: dict = field(default_factory=dict)  # TrainConfig fields of the colour models (CPU: fewer images)
+    beyond_points: tuple[int, ...] = (1, 3, 5, 7)  # stitch points of the colour testbed
+    beyond_samples: int | None = None  # Correlated training images per stitch and IRI set (None = all)
+    beyond_eval_subset: int | None = None  # Correlated and Shape test images (the same garments in both)
+    beyond_stitch: StitchConfig = StitchConfig(epochs=30, lstsq_samples=500)  # both data modes, as notebook 05's
+    capacity_points: tuple[int, ...] = (1, 4, 7)  # stitch points of the capacity ablation (notebook 05's pairs)
+    capacity_rank: int = 8  # rank of the low-rank stitch family
     # what this profile shortens, for the notebooks to print: (notebook numbers such as "01 02", or "all", text)
     notes: tuple[tuple[str, str], ...] = field(default=())
 
@@ -117,6 +125,8 @@ PROFILES: dict[str, Profile] = {
                                 pgd_steps=2),
         iri_eval_subset=128, iri_adv_points=(8,), iri_adv_alphas=(0.0, 1.0), iri_robust_eval_subset=32, iri_shortcut_points=(8,),
         iri_autoattack_iter=5, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
+        beyond_model_overrides={"train_subset": 512}, beyond_points=(2, 8), beyond_samples=128, beyond_eval_subset=128,
+        beyond_stitch=StitchConfig(epochs=1, batch_size=32, lstsq_samples=32), capacity_points=(8,), capacity_rank=2,
         notes=(("all", "smoke: structure only; numbers are meaningless"),),
     ),
     "quick": Profile(
