@@ -201,12 +201,18 @@ def run_capacity(pl: Plan, store: ResultStore, device, bank: IRIBank, *, progres
 
 def run(profile: Profile, store: ResultStore, device, *, progress: bool = True) -> dict:
     """Both sections: {"models": rows, "colour": rows, "capacity": rows, "iris": the IRI table}."""
+    import pandas as pd
+
     pl = plan(profile)
-    bank = IRIBank(store, steps=profile.iri_steps, step_size=profile.iri_step_size, samples=profile.iri_samples,
-                   seed=IRI_SEED, progress=progress)
-    models, colour_rows = run_colour(pl, store, device, bank, progress=progress)
-    capacity_rows = run_capacity(pl, store, device, bank, progress=progress)
-    return {"models": models, "colour": colour_rows, "capacity": capacity_rows, "iris": bank.table()}
+    bank = lambda samples: IRIBank(store, steps=profile.iri_steps, step_size=profile.iri_step_size, samples=samples,
+                                   seed=IRI_SEED, progress=progress)
+    # the colour stitches' data is already the beyond_samples subset: its IRIs invert every image of it; the
+    # capacity section inverts what notebook 05 inverts (iri_samples of the same data), so it reuses 05's sets
+    colour_bank, capacity_bank = bank(None), bank(profile.iri_samples)
+    models, colour_rows = run_colour(pl, store, device, colour_bank, progress=progress)
+    capacity_rows = run_capacity(pl, store, device, capacity_bank, progress=progress)
+    return {"models": models, "colour": colour_rows, "capacity": capacity_rows,
+            "iris": pd.concat([colour_bank.table(), capacity_bank.table()], ignore_index=True)}
 
 
 # ----------------------------------------------------------------------------------------------------

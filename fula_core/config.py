@@ -157,12 +157,12 @@ PROFILES: dict[str, Profile] = {
                                 pgd_steps=3),
         iri_eval_subset=500, iri_adv_points=(7,), iri_adv_alphas=(0.0,), iri_robust_eval_subset=100, iri_shortcut_points=(4,),
         iri_autoattack_iter=20, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
-        # notebook 08: the colour models see 4k images x 2 epochs (probe, 6k x 2: Shape model 74% on Shape test,
+        # notebook 08: the colour models see 3k images x 2 epochs (probe, 6k x 2: Shape model 74% on Shape test,
         # Colour-Only model 100% on Colour-Only); stitches as notebook 05's (8 epochs of batch 32, lr 1e-2 on 256 images)
-        beyond_model_overrides={"train_subset": 4000, "epochs": 2}, beyond_points=(1, 4, 7), beyond_samples=256,
-        beyond_eval_subset=500,
+        beyond_model_overrides={"train_subset": 3000, "epochs": 2}, beyond_points=(4, 7), beyond_samples=256,
+        beyond_eval_subset=400,
         beyond_stitch=StitchConfig(epochs=8, batch_size=32, lr=1e-2, lstsq_samples=100),
-        capacity_points=(4, 7), capacity_rank=4,
+        capacity_points=(7,), capacity_rank=4,
         notes=(("all", "Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)"),
                ("all", "ResNet18 at width 8, 6 epochs (LR x0.1 at 1/2 and 3/4) instead of width 64, 200 epochs (LR x0.1 at each third)"),
                ("00 01 05", "PGD eps 0.1 (Fashion-MNIST scale) instead of 8/255; adversarial training and stitching use 3 steps "
@@ -180,9 +180,9 @@ PROFILES: dict[str, Profile] = {
                       "AutoAttack on 100 test images; shortcut testbed at point 5"),
                ("05", "one front seed (1) instead of the authors' three (1, 2, 3); the robust models are paper 1's "
                       "(paper2_adv_mode='loss_mix')"),
-               ("08", "colour models: ResNet18 width 8 on 4k images x 2 epochs; stitches at points 2, 5, 8 on 256 Correlated "
-                      "images (IRIs: 40 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 500 test images"),
-               ("08", "capacity ablation: notebook 05's pairs at points 5 and 8, low-rank stitch of rank 4"),
+               ("08", "colour models: ResNet18 width 8 on 3k images x 2 epochs; stitches at points 5 and 8 on 256 Correlated "
+                      "images (IRIs: 40 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 400 test images"),
+               ("08", "capacity ablation: notebook 05's pairs at point 8 only, low-rank stitch of rank 4"),
                ("05", "cross-bias front: class grey level at a class location (Pixel+Loc) instead of a class colour at a random "
                       "place, 3 epochs on 20k images")),
     ),
