@@ -158,8 +158,8 @@ PROFILES: dict[str, Profile] = {
         iri_eval_subset=500, iri_adv_points=(7,), iri_adv_alphas=(0.0,), iri_robust_eval_subset=100, iri_shortcut_points=(4,),
         iri_autoattack_iter=20, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
         # notebook 08: the colour models see 3k images x 2 epochs (probe, 6k x 2: Shape model 74% on Shape test,
-        # Colour-Only model 100% on Colour-Only); stitches as notebook 05's (8 epochs of batch 32, lr 1e-2 on 256 images)
-        beyond_model_overrides={"train_subset": 3000, "epochs": 2}, beyond_points=(4, 7), beyond_samples=256,
+        # Colour-Only model 100% on Colour-Only); stitches as notebook 05's (8 epochs of batch 32, lr 1e-2) on 192 images
+        beyond_model_overrides={"train_subset": 3000, "epochs": 2}, beyond_points=(4, 7), beyond_samples=192,
         beyond_eval_subset=400,
         beyond_stitch=StitchConfig(epochs=8, batch_size=32, lr=1e-2, lstsq_samples=100),
         capacity_points=(7,), capacity_rank=4,
@@ -180,7 +180,7 @@ PROFILES: dict[str, Profile] = {
                       "AutoAttack on 100 test images; shortcut testbed at point 5"),
                ("05", "one front seed (1) instead of the authors' three (1, 2, 3); the robust models are paper 1's "
                       "(paper2_adv_mode='loss_mix')"),
-               ("08", "colour models: ResNet18 width 8 on 3k images x 2 epochs; stitches at points 5 and 8 on 256 Correlated "
+               ("08", "colour models: ResNet18 width 8 on 3k images x 2 epochs; stitches at points 5 and 8 on 192 Correlated "
                       "images (IRIs: 40 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 400 test images"),
                ("08", "capacity ablation: notebook 05's pairs at point 8 only, low-rank stitch of rank 4"),
                ("05", "cross-bias front: class grey level at a class location (Pixel+Loc) instead of a class colour at a random "
