@@ -26,7 +26,7 @@ def _check_repository() -> None:
 
 _check_repository()
 
-from . import attacks, config, data, invariance, metrics, models, simclr, stitchable, stitching, store, toy, train  # noqa: E402,F401
+from . import attacks, colour, config, data, invariance, metrics, models, simclr, stitchable, stitching, store, toy, train  # noqa: E402,F401
 
-__all__ = ["attacks", "config", "data", "invariance", "metrics", "models", "simclr", "stitchable", "stitching", "store",
+__all__ = ["attacks", "colour", "config", "data", "invariance", "metrics", "models", "simclr", "stitchable", "stitching", "store",
            "toy", "train"]

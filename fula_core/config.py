@@ -78,6 +78,14 @@ class Profile:
     your_models: dict = field(default_factory=lambda: dict(
         base_images=60000, base_epochs=30, width=64, stitch_images=60000, stitch_epochs=10, iri_images=10000,
         iri_steps=200, iri_step_size=1 / 255, test_images=10000))
+    # notebook 08 (beyond the papers): Smith et al.'s colour testbed and the stitch-capacity ablation
+    beyond_model_overrides: dict = field(default_factory=dict)  # TrainConfig fields of the colour models (CPU: fewer images)
+    beyond_points: tuple[int, ...] = (1, 3, 5, 7)  # stitch points of the colour testbed
+    beyond_samples: int | None = None  # Correlated training images per stitch and IRI set (None = all)
+    beyond_eval_subset: int | None = None  # Correlated and Shape test images (the same garments in both)
+    beyond_stitch: StitchConfig = StitchConfig(epochs=30, lstsq_samples=500)  # both data modes, as notebook 05's
+    capacity_points: tuple[int, ...] = (1, 4, 7)  # stitch points of the capacity ablation (notebook 05's pairs)
+    capacity_rank: int = 8  # rank of the low-rank stitch family
     # what this profile shortens, for the notebooks to print: (notebook numbers such as "01 02", or "all", text)
     notes: tuple[tuple[str, str], ...] = field(default=())
 
@@ -132,6 +140,8 @@ PROFILES: dict[str, Profile] = {
         iri_autoattack_iter=5, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
         your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
                          iri_steps=3, iri_step_size=8 / 255, test_images=128),
+        beyond_model_overrides={"train_subset": 512}, beyond_points=(2, 8), beyond_samples=128, beyond_eval_subset=128,
+        beyond_stitch=StitchConfig(epochs=1, batch_size=32, lstsq_samples=32), capacity_points=(8,), capacity_rank=2,
         notes=(("all", "smoke: structure only; numbers are meaningless"),),
     ),
     "quick": Profile(
@@ -171,6 +181,12 @@ PROFILES: dict[str, Profile] = {
         # notebook 07: a few CPU minutes (the ResNet's training and the IRIs of its deep points dominate)
         your_models=dict(base_images=4000, base_epochs=3, width=8, stitch_images=1000, stitch_epochs=3, iri_images=500,
                          iri_steps=30, iri_step_size=4 / 255, test_images=2000),
+        # notebook 08: the colour models see 3k images x 2 epochs (probe, 6k x 2: Shape model 74% on Shape test,
+        # Colour-Only model 100% on Colour-Only); stitches as notebook 05's (8 epochs of batch 32, lr 1e-2) on 192 images
+        beyond_model_overrides={"train_subset": 3000, "epochs": 2}, beyond_points=(4, 7), beyond_samples=192,
+        beyond_eval_subset=400,
+        beyond_stitch=StitchConfig(epochs=8, batch_size=32, lr=1e-2, lstsq_samples=100),
+        capacity_points=(7,), capacity_rank=4,
         notes=(("all", "Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)"),
                ("all", "ResNet18 at width 8, 6 epochs (LR x0.1 at 1/2 and 3/4) instead of width 64, 200 epochs (LR x0.1 at each third)"),
                ("00 01 05", "PGD eps 0.1 (Fashion-MNIST scale) instead of 8/255; adversarial training and stitching use 3 steps "
@@ -189,6 +205,9 @@ PROFILES: dict[str, Profile] = {
                       "AutoAttack on 100 test images; shortcut testbed at point 5"),
                ("05", "one front seed (1) instead of the authors' three (1, 2, 3); the robust models are paper 1's "
                       "(paper2_adv_mode='loss_mix')"),
+               ("08", "colour models: ResNet18 width 8 on 3k images x 2 epochs; stitches at points 5 and 8 on 192 Correlated "
+                      "images (IRIs: 40 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 400 test images"),
+               ("08", "capacity ablation: notebook 05's pairs at point 8 only, low-rank stitch of rank 4"),
                ("05", "cross-bias front: class grey level at a class location (Pixel+Loc) instead of a class colour at a random "
                       "place, 3 epochs on 20k images")),
     ),

@@ -48,6 +48,8 @@ TRAINED_OBJECTIVES = ("tlm", "hlm", "slm", "hint", "fula")
 BN_MODES = ("train", "eval")
 REDUCTIONS = ("batch", "sample")
 LSTSQ_SOLVERS = ("exact", "authors")
+# what a stitch may do (capacity ablation; "affine" is the papers'): see Stitch
+FAMILIES = ("affine", "identity", "low_rank", "mlp")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,8 +79,20 @@ class StitchConfig:
     pgd_steps: int = 10
     pgd_random_start: bool = False  # the authors' code starts PGD at the clean image
     seed: int = 0
+    # the stitch's family (Stitch): "affine" (the papers' 1x1 convolution), "identity" (no alignment: equal
+    # channel counts only), "low_rank" (an affine map of rank `rank`), "mlp" (1x1 conv, ReLU, 1x1 conv). Both
+    # fields enter cache keys only when they differ from their defaults, so the affine results keep their keys.
+    family: str = dataclasses.field(default="affine", metadata={"key_omit_default": True})
+    rank: int | None = dataclasses.field(default=None, metadata={"key_omit_default": True})  # low_rank only
 
     def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"StitchConfig.family must be one of {FAMILIES}, got {self.family!r}")
+        if (self.family == "low_rank") != (self.rank is not None):
+            raise ValueError(f"StitchConfig.rank goes with family='low_rank' (and only with it): got family="
+                             f"{self.family!r}, rank={self.rank!r}")
+        if self.rank is not None and (not _is_int(self.rank) or self.rank < 1):
+            raise ValueError(f"StitchConfig.rank must be an integer >= 1, got {self.rank!r}")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
         if self.fula_reduction not in REDUCTIONS:
@@ -221,8 +235,14 @@ def _token_grid(tokens: int) -> tuple[int, int]:
     return side, prefix
 
 
+def _map_layer(c_in: int, c_out: int, conv: bool, bias: bool = True) -> nn.Module:
+    """A per-position linear map: a 1x1 convolution on feature maps, a linear layer on tokens and vectors."""
+    return nn.Conv2d(c_in, c_out, 1, bias=bias) if conv else nn.Linear(c_in, c_out, bias=bias)
+
+
 class Stitch(nn.Module):
-    """The affine stitch T, its family chosen by the activations' shapes (as the authors do):
+    """The stitch T: a layout adapter chosen by the activations' shapes (as the authors do), then a map of
+    the chosen family. The layouts:
 
     * conv -> conv: a 1x1 convolution with bias; bilinear resize first when the resolutions differ.
     * token -> token: one linear map applied to every token (equal token counts required). The class
@@ -239,10 +259,23 @@ class Stitch(nn.Module):
         out_size: the end activation's per-sample shape without its channel dimension: (H, W) for a
             feature map, (T,) for tokens, () for a vector.
         front_kind, end_kind: "conv", "token" or "vector".
+        family: the map after the adapter (capacity ablation; the papers use "affine"):
+            affine    W a + b (a 1x1 convolution with bias on feature maps); parameters `conv` / `linear`
+            identity  a itself: no parameters, no alignment (only where the channel counts match)
+            low_rank  U (V a) + b with V: C_in -> r, U: r -> C_out, an affine map of rank r (`rank`, clipped to
+                      min(C_in, C_out), where it is full rank)
+            mlp       L2 relu(L1 a + b1) + b2 with 2 C_out hidden channels: one ReLU of extra capacity
+        rank: the rank r of "low_rank".
+
+    Each family starts from the least-squares solution (W, b) (set_affine): identity ignores it, low_rank
+    takes its best rank-r approximation (the SVD of W truncated to r singular values: U_r S_r^1/2, S_r^1/2
+    V_r^T), and mlp computes it exactly on every input: L1 = [W; -W], b1 = [b; -b], L2 = [I, -I], b2 = 0, since
+    relu(z) - relu(-z) = z.
     """
 
     def __init__(self, in_channels: int, out_channels: int, out_size: Sequence[int] = (), resize: bool = True, *,
-                 front_kind: str = "conv", end_kind: str | None = None):
+                 front_kind: str = "conv", end_kind: str | None = None, family: str = "affine",
+                 rank: int | None = None):
         super().__init__()
         out_size = tuple(int(v) for v in out_size)
         end_kind = end_kind or {2: "conv", 1: "token", 0: "vector"}[len(out_size)]
@@ -250,18 +283,38 @@ class Stitch(nn.Module):
             raise ValueError(f"a vector has no spatial layout to map onto a {end_kind} end point: stitch a vector "
                              f"front point to a vector end point")
         self.front_kind, self.end_kind, self.out_size, self.resize = front_kind, end_kind, out_size, resize
-        if end_kind == "conv":
-            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
-        else:
-            self.linear = nn.Linear(in_channels, out_channels, bias=True)
+        if family not in FAMILIES:
+            raise ValueError(f"unknown stitch family {family!r}: choose one of {', '.join(FAMILIES)}")
+        self.family, self.in_channels, self.out_channels = family, in_channels, out_channels
+        conv = end_kind == "conv"
+        if family == "affine":  # the papers' stitch; its parameter names are those of every stored stitch
+            if conv:
+                self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+            else:
+                self.linear = nn.Linear(in_channels, out_channels, bias=True)
+        elif family == "identity":
+            if in_channels != out_channels:
+                raise ValueError(f"an identity stitch needs equal channel counts, got {in_channels} -> {out_channels}: "
+                                 f"use it only between points of equal width (or choose another family)")
+            self.map = nn.Identity()
+        elif family == "low_rank":
+            if rank is None or not _is_int(rank) or rank < 1:
+                raise ValueError(f"a low_rank stitch needs an integer rank >= 1, got {rank!r}")
+            r = min(int(rank), in_channels, out_channels)
+            self.map = nn.Sequential(_map_layer(in_channels, r, conv, bias=False), _map_layer(r, out_channels, conv))
+        else:  # mlp
+            hidden = 2 * out_channels
+            self.map = nn.Sequential(_map_layer(in_channels, hidden, conv), nn.ReLU(), _map_layer(hidden, out_channels, conv))
+        self.rank = None if family != "low_rank" else self.map[0].weight.shape[0]
 
     @classmethod
-    def between(cls, front_shape: Sequence[int], end_shape: Sequence[int], resize: bool = True) -> "Stitch":
+    def between(cls, front_shape: Sequence[int], end_shape: Sequence[int], resize: bool = True, *,
+                family: str = "affine", rank: int | None = None) -> "Stitch":
         """The stitch between two per-sample activation shapes ([C, H, W], [T, D] or [D])."""
         fk, ek = activation_kind(front_shape), activation_kind(end_shape)
         c_in = front_shape[0] if fk == "conv" else front_shape[-1]
         c_out, rest = (end_shape[0], end_shape[1:]) if ek == "conv" else (end_shape[-1], end_shape[:-1])
-        return cls(c_in, c_out, rest, resize, front_kind=fk, end_kind=ek)
+        return cls(c_in, c_out, rest, resize, front_kind=fk, end_kind=ek, family=family, rank=rank)
 
     def _resized(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(a.shape[-2:]) == tuple(size):
@@ -299,13 +352,40 @@ class Stitch(nn.Module):
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         a = self.adapt(a)
+        if self.family != "affine":
+            return self.map(a)
         return self.conv(a) if self.end_kind == "conv" else self.linear(a)
 
     def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        """Load a solved affine map (lstsq_init's (weight, bias))."""
-        layer = self.conv if self.end_kind == "conv" else self.linear
+        """Start from a solved affine map (lstsq_init's (weight, bias)), as the family allows (class docstring)."""
+        w = weight.reshape(self.out_channels, self.in_channels)
+
+        def put(layer, weight, bias=None):
+            layer.weight.copy_(weight.reshape(layer.weight.shape))
+            if bias is not None:
+                layer.bias.copy_(bias)
+
         with torch.no_grad():
-            layer.weight.copy_(weight.reshape(layer.weight.shape)), layer.bias.copy_(bias)
+            if self.family == "affine":
+                put(self.conv if self.end_kind == "conv" else self.linear, w, bias)
+            elif self.family == "low_rank":
+                down, up = self.map[0], self.map[1]
+                u, sv, vh = truncated_svd(w, self.rank)
+                root = sv.sqrt()
+                put(down, root[:, None] * vh), put(up, u * root[None, :], bias)
+            elif self.family == "mlp":
+                first, second = self.map[0], self.map[2]
+                eye = torch.eye(self.out_channels, dtype=w.dtype, device=w.device)
+                put(first, torch.cat([w, -w]), torch.cat([bias, -bias]))
+                put(second, torch.cat([eye, -eye], dim=1), torch.zeros_like(bias))
+            # identity: nothing to set, it maps the front activation as it is
+
+
+def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U_r [C_out, r], S_r [r], V_r^T [r, C_in]) of the best rank-r approximation of `weight` (Eckart-Young),
+    computed in float64 and returned in weight's dtype."""
+    u, sv, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    return u[:, :rank].to(weight.dtype), sv[:rank].to(weight.dtype), vh[:rank].to(weight.dtype)
 
 
 def lstsq_init(front_act: torch.Tensor, end_act: torch.Tensor, solver: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
@@ -544,14 +624,22 @@ class StitchOutcome:
 
     def model(self, front: StitchableResNet, end: StitchableResNet, resize: bool = True) -> StitchedModel:
         state = self.stitch_state
-        w = state["conv.weight"] if "conv.weight" in state else state["linear.weight"]
         kinds = state.get("kinds")  # absent in conv -> conv states stored before the other families existed
         front_kind, end_kind = (STITCH_KINDS[int(kinds[0])], STITCH_KINDS[int(kinds[1])]) if kinds is not None \
             else ("conv", "conv")
-        stitch = Stitch(w.shape[1], w.shape[0], tuple(state["out_size"].tolist()), resize, front_kind=front_kind,
-                        end_kind=end_kind)
-        stitch.load_state_dict({k: v for k, v in state.items() if k not in ("out_size", "kinds")})
-        return StitchedModel(front, end, stitch.to(w.device), self.job, self.front_bn, self.end_bn)
+        # absent in affine states (stored before the other families existed): [family index, C_in, C_out, rank]
+        shape = state.get("family")
+        if shape is None:
+            w = state["conv.weight"] if "conv.weight" in state else state["linear.weight"]
+            family, c_in, c_out, rank = "affine", w.shape[1], w.shape[0], None
+        else:
+            family, c_in, c_out, rank = FAMILIES[int(shape[0])], int(shape[1]), int(shape[2]), int(shape[3]) or None
+        stitch = Stitch(c_in, c_out, tuple(state["out_size"].tolist()), resize, front_kind=front_kind,
+                        end_kind=end_kind, family=family, rank=rank)
+        stitch.load_state_dict({k: v for k, v in state.items() if k not in ("out_size", "kinds", "family")})
+        device = next((v.device for k, v in state.items() if k not in ("out_size", "kinds", "family")),
+                      state["out_size"].device)  # an identity stitch has no weights to tell the device
+        return StitchedModel(front, end, stitch.to(device), self.job, self.front_bn, self.end_bn)
 
 
 STITCH_KINDS = ("conv", "token", "vector")
@@ -562,6 +650,9 @@ def _stitch_state(stitch: Stitch) -> dict:
     state["out_size"] = torch.tensor(stitch.out_size, dtype=torch.long)
     if (stitch.front_kind, stitch.end_kind) != ("conv", "conv"):  # conv -> conv states keep their old form
         state["kinds"] = torch.tensor([STITCH_KINDS.index(stitch.front_kind), STITCH_KINDS.index(stitch.end_kind)])
+    if stitch.family != "affine":  # affine states keep their old form
+        state["family"] = torch.tensor([FAMILIES.index(stitch.family), stitch.in_channels, stitch.out_channels,
+                                        stitch.rank or 0])
     return state
 
 
@@ -592,7 +683,8 @@ def init_stitches(front, end, jobs: Sequence[StitchJob], data: ImageSet, cfg: St
     stitches = []
     for job in jobs:
         a, t = front_acts[job.front_point], end_acts[job.end_point]
-        stitch = Stitch.between(tuple(a.shape[1:]), tuple(t.shape[1:]), cfg.resize).to(a.device)
+        stitch = Stitch.between(tuple(a.shape[1:]), tuple(t.shape[1:]), cfg.resize, family=cfg.family,
+                                rank=cfg.rank).to(a.device)
         weight, bias = lstsq_init(stitch.adapt(a), t, cfg.lstsq_solver)
         stitch.set_affine(weight, bias)
         stitches.append(stitch)
@@ -945,7 +1037,9 @@ def _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress
     train_bn = cfg.bn_mode == "train"
     outcomes: list[StitchOutcome | None] = [None] * len(jobs)
     steps = steps_per_epoch(len(data), cfg.batch_size)
-    trained = [n for n, job in enumerate(jobs) if job.objective != "dm" and cfg.epochs > 0]
+    # jobs with something to train: not the closed-form DM, not a parameter-free stitch (the identity family)
+    trained = [n for n, (job, stitch) in enumerate(zip(jobs, stitches))
+               if job.objective != "dm" and cfg.epochs > 0 and any(True for _ in stitch.parameters())]
     # every trained job's running statistics start from the models' own (rows of the banks)
     front_bank = _BNBank(front, len(trained)) if train_bn and trained else None
     end_bank = _BNBank(end, len(trained)) if train_bn and trained else None

@@ -49,7 +49,10 @@ class CorruptCheckpointError(RuntimeError):
 def _canonical(obj: Any) -> Any:
     """JSON-ready form of a config: dataclasses, tuples and paths made plain; floats kept exact."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # a field marked key_omit_default (added after results were cached) enters the key only when it is set:
+        # at its default the key is the one it had before the field existed
+        return {f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("key_omit_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, dict):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (list, tuple)):
