@@ -78,7 +78,8 @@ def all_zoo_configs(profile: Profile) -> dict[str, object]:
     return {**table1_configs(profile), **paper2_configs(profile)}
 
 
-def _store_kind(cfg) -> str:
+def store_kind(cfg) -> str:
+    """The store kind a zoo config's trained model lives under."""
     return "model" if isinstance(cfg, TrainConfig) else "simclr_model"
 
 
@@ -104,7 +105,7 @@ def missing_models(profile: Profile, store: ResultStore) -> list[str]:
     import dataclasses
 
     configs = all_zoo_configs(profile)
-    todo = [mid for mid, cfg in configs.items() if not store.has(_store_kind(cfg), dataclasses.asdict(cfg))]
+    todo = [mid for mid, cfg in configs.items() if not store.has(store_kind(cfg), dataclasses.asdict(cfg))]
     return sorted(todo, key=lambda mid: -_cost(configs[mid]))
 
 

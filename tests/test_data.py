@@ -90,7 +90,8 @@ def test_data_root_env_and_default(monkeypatch, tmp_path):
 
 
 def test_every_loader_matches_dataset_info():
-    assert set(DATASET_INFO) == {"cifar10", "ls_imagenet10", "fashion_mnist", "digits", "synthetic"}
+    assert set(DATASET_INFO) == {"cifar10", "ls_imagenet10", "fashion_mnist", "digits", "synthetic",
+                                 "colour_fmnist_shape", "colour_fmnist_correlated", "colour_fmnist_colour_only"}
     for info in DATASET_INFO.values():
         assert set(info) == {"in_channels", "image_size", "num_classes", "flip", "crop_padding"}
 

@@ -140,7 +140,7 @@ def test_sigterm_stops_every_worker_and_nothing_more_is_written(checkout):
     for cfg in zoo.all_zoo_configs(get_profile("smoke")).values():  # the zoo counts as trained: no pre-training
         import dataclasses
 
-        store.save("model", dataclasses.asdict(cfg), {})
+        store.save(zoo.store_kind(cfg), dataclasses.asdict(cfg), {})
     proc = subprocess.Popen([str(checkout["link"]), "--profile", "smoke", "--only", "90", "91", "--jobs", "2",
                              "--param", "seconds=300", "--output-root", str(out)],
                             env=_env(checkout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
