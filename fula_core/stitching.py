@@ -538,18 +538,9 @@ def batch_statistics_only(model: nn.Module, layers: list[nn.Module] | None = Non
     The buffers are detached from the layers for the block (BatchNorm then normalises with the batch
     statistics and tracks nothing) and put back after: no copy, and num_batches_tracked stays put too.
     """
-    names = _BN_BUFFERS
     layers = bn_layers(model) if layers is None else layers
-    saved = [[getattr(m, n) for n in names] for m in layers]
-    for m in layers:
-        for n in names:
-            setattr(m, n, None)
-    try:
+    with swap_bn_state(model, [None] * (len(_BN_BUFFERS) * len(layers)), layers):
         yield
-    finally:
-        for m, old in zip(layers, saved):
-            for n, t in zip(names, old):
-                setattr(m, n, t)
 
 
 def apply_bn_update(model: nn.Module, state: list[torch.Tensor], captured: list[torch.Tensor]) -> None:
