@@ -101,7 +101,7 @@ def paired_bootstrap(a, b, *, seeds_a: Sequence | None = None, seeds_b: Sequence
     """Margin mean(A) - mean(B) and its percentile interval.
 
     Args:
-        a, b: per-image scores [units, images] (a unit is one stitched model: an objective at a point, a seed...;
+        a, b: per-image scores [units, images] (b may be a number: a fixed threshold) (a unit is one stitched model: an objective at a point, a seed...;
             each row a score per test image, e.g. 100 * correct, or the agreement probability). Both must score
             the same images in the same order (paired).
         seeds_a, seeds_b: the seed of each unit; when more than one seed occurs, resamples draw seeds first
@@ -109,6 +109,8 @@ def paired_bootstrap(a, b, *, seeds_a: Sequence | None = None, seeds_b: Sequence
     Returns (margin, ci_low, ci_high, sources).
     """
     a, sa = _as_units(a, seeds_a)
+    if np.isscalar(b):  # a fixed threshold (a project target): B is that value on every image
+        b, seeds_b = np.full_like(a, float(b)), sa
     b, sb = _as_units(b, seeds_b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"A and B must score the same images: {a.shape[1]} vs {b.shape[1]}")
@@ -132,9 +134,49 @@ def paired_bootstrap(a, b, *, seeds_a: Sequence | None = None, seeds_b: Sequence
 def judge(claim: Claim, a, b, **kw) -> Verdict:
     """The claim's verdict from per-image scores of A and B (see `paired_bootstrap` for the arguments)."""
     a_arr, _ = _as_units(a, kw.get("seeds_a"))
-    b_arr, _ = _as_units(b, kw.get("seeds_b"))
+    b_arr = np.full_like(a_arr, float(b)) if np.isscalar(b) else _as_units(b, kw.get("seeds_b"))[0]
     margin, low, high, sources = paired_bootstrap(a, b, **kw)
     return Verdict(claim, float(a_arr.mean()), float(b_arr.mean()), margin, low, high, a_arr.shape[1], sources)
+
+
+def units(rows, seed_column: str = "seed", **filters) -> tuple[np.ndarray, np.ndarray | None]:
+    """The per-image scores of the selected result rows as [units, images] (rows from experiments.eval_rows:
+    a `scores` array each), with each unit's seed from `seed_column` when the rows have it (None otherwise).
+
+    `filters`: column=value or column=[values] (e.g. objective=["slm", "tlm"], metric="accuracy",
+    eval="test/pgd"). Units are sorted by every label column, so A and B built with the same filters but one
+    changed value pair up unit by unit. Raises a clear error when nothing matches or the rows score
+    different numbers of images."""
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    mask = np.ones(len(df), dtype=bool)
+    for col, val in filters.items():
+        if col not in df.columns:
+            raise KeyError(f"claims.units: the rows have no column {col!r} (columns: {', '.join(map(str, df.columns))})")
+        mask &= df[col].isin(val if isinstance(val, (list, tuple, set)) else [val]).to_numpy()
+    sel = df[mask]
+    if not len(sel):
+        raise ValueError(f"claims.units: no result row matches {filters}")
+    lengths = {len(x) for x in sel["scores"]}
+    if len(lengths) != 1:
+        raise ValueError(f"claims.units: the selected rows score different numbers of images {sorted(lengths)}: "
+                         f"A and B must be scored on the same test images ({filters})")
+    keep = ~np.array([np.isnan(np.asarray(x, dtype=float)).all() for x in sel["scores"]])  # failed stitches
+    sel = sel[keep]
+    if not len(sel):
+        raise ValueError(f"claims.units: every selected stitch failed (NaN) for {filters}")
+    x = np.stack([np.asarray(v, dtype=float) for v in sel["scores"]])
+    seeds = sel[seed_column].to_numpy() if seed_column in sel.columns else None
+    return x, seeds
+
+
+def judge_rows(claim: Claim, rows, a: dict, b: dict, *, seed_column: str = "seed", **common) -> Verdict:
+    """Judge `claim` on result rows: A is the rows matching `common` and `a`, B those matching `common`
+    and `b` (filters as in `units`); the interval resamples images, and seeds when the rows carry several."""
+    xa, sa = units(rows, seed_column, **common, **a)
+    xb, sb = units(rows, seed_column, **common, **b)
+    return judge(claim, xa, xb, seeds_a=sa, seeds_b=sb)
 
 
 def judge_values(claim: Claim, a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT,

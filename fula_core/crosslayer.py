@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, Stitcher
+from .experiments import DataSpec, EvalSpec, Stitcher, clean_eval_spec, stitch_train_spec
 from .models import NUM_STITCH_POINTS
 from .stitching import OBJECTIVES, StitchJob
 
@@ -122,12 +122,12 @@ def job_counts(P: Profile, objectives: Sequence[str], **kw) -> dict[str, int]:
 
 def train_spec(P: Profile, dataset: str) -> DataSpec:
     """The stitch training data of the profile (shared with the other notebooks, so their stitches are reused)."""
-    return DataSpec(dataset, "train", subset=P.stitch_train_subset)
+    return stitch_train_spec(P, dataset)
 
 
 def eval_spec(P: Profile, dataset: str) -> EvalSpec:
     """Clean test accuracy on the profile's evaluation subset."""
-    return EvalSpec(DataSpec(dataset, "test", subset=P.eval_subset))
+    return clean_eval_spec(P, dataset)
 
 
 def run(store, P: Profile, device, jobs_by_pair: dict[str, list[StitchJob]], *, arch: str | None = None,

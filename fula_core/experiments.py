@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import attacks, metrics
 from .data import ImageSet, load
 from .models import StitchableResNet
 from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, StitchOutcome, predict, train_stitches
-from .store import ResultStore, config_key
+from .store import ResultStore
 from .train import TrainConfig, get_model
 
 EXPERIMENTS_VERSION = 2  # 2: shortcut markers pasted per batch after augmentation, the authors' colours and layout
+# 2: evaluations keep every test image's score (correct or not, its agreement), for the paired bootstraps of claims.py
+EVAL_VERSION = 2
+METRICS = ("accuracy", "agreement")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,40 @@ class EvalSpec:
         return "/".join(parts)
 
 
+# ----------------------------------------------------------------------------------------------------
+# The standard data of every testbed, built here only: notebooks share trained stitches and evaluations
+# because they ask for equal specs (equal specs -> equal cache keys).
+
+
+def stitch_train_spec(P, dataset: str | None = None, **changes) -> DataSpec:
+    """Clean stitch training data: the profile's subset of `dataset`'s (default: the end task's) training set;
+    `changes`: further DataSpec fields (shortcut, first_classes, ...)."""
+    return DataSpec(dataset or P.end_dataset, "train", subset=P.stitch_train_subset, **changes)
+
+
+def adv_train_spec(P, dataset: str | None = None) -> DataSpec:
+    """Training data of adversarial (alpha > 0) stitches: CPU profiles use fewer images, since PGD makes each
+    image several times dearer."""
+    subset = P.adv_stitch_train_subset if P.adv_stitch_train_subset is not None else P.stitch_train_subset
+    return DataSpec(dataset or P.end_dataset, "train", subset=subset)
+
+
+def clean_eval_spec(P, dataset: str | None = None, **changes) -> EvalSpec:
+    """Clean test accuracy and agreement on the profile's evaluation subset."""
+    return EvalSpec(DataSpec(dataset or P.end_dataset, "test", subset=P.eval_subset, **changes))
+
+
+def robust_eval_spec(P, dataset: str | None = None, eps: float | None = None) -> EvalSpec:
+    """Robust accuracy on a fixed test subset, attacked against each scored model: AutoAttack 'rand' at
+    `paper`, PGD (at least 10 steps, step eps/2.5) at the CPU profiles; eps defaults to the base models'."""
+    eps = P.base.pgd_eps if eps is None else eps
+    step = P.base.pgd_step if eps == P.base.pgd_eps else eps / 2.5
+    return EvalSpec(DataSpec(dataset or P.end_dataset, "test", subset=P.robust_eval_subset, seed=1),
+                    attack="autoattack" if P.name == "paper" else "pgd", eps=eps, pgd_step=step,
+                    pgd_steps=max(P.base.pgd_steps, 10), autoattack_iter=P.autoattack_iter,
+                    autoattack_eot=P.autoattack_eot)
+
+
 def attack_inputs(model, data: ImageSet, spec: EvalSpec) -> torch.Tensor:
     """The inputs `spec` scores `model` on: the clean images, or attacks crafted against `model` itself."""
     x = data.images.float() / 255
@@ -98,18 +136,40 @@ def attack_inputs(model, data: ImageSet, spec: EvalSpec) -> torch.Tensor:
 
 
 def score(model, end: StitchableResNet, data: ImageSet, spec: EvalSpec,
-          end_logits: torch.Tensor | None = None) -> dict[str, float]:
+          end_logits: torch.Tensor | None = None) -> dict:
     """Accuracy of `model` on `data` (attacked against `model` itself if the spec says so) and its
-    agreement with the end model on the same inputs. `end_logits`: the end model's logits on the clean
-    `data`, when the caller has them already (clean specs only: attacked inputs differ per model)."""
+    agreement with the end model on the same inputs, as means ("accuracy", "agreement", in percent) and per
+    test image ("correct": bool tensor [N], "agree": float32 tensor [N] in percent), in the order of `data`.
+    `end_logits`: the end model's logits on the clean `data`, when the caller has them already (clean specs
+    only: attacked inputs differ per model)."""
     model.eval()
     x = attack_inputs(model, data, spec)
     with torch.no_grad():
         logits = torch.cat([model(xb) for xb in x.split(500)]).float()
         if end_logits is None or spec.attack is not None:
             end_logits = torch.cat([end(xb) for xb in x.split(500)]).float()
-    return {"accuracy": metrics.accuracy(logits, data.labels),
-            "agreement": metrics.agreement_probability(logits, end_logits)}
+    # tensors, not numpy arrays: the store loads with torch.load(weights_only=True)
+    correct = (logits.argmax(1) == data.labels.to(logits.device)).cpu()
+    agree = metrics.agreement_per_sample(logits, end_logits).cpu()
+    return {"accuracy": 100.0 * correct.double().mean().item(), "agreement": agree.mean().item(),
+            "correct": correct, "agree": agree.float()}
+
+
+def per_image(scores: dict, metric: str):
+    """A stored evaluation's per-image scores of `metric` in percent (float32 [N]; accuracy: 0 or 100)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: use one of {METRICS}")
+    if not np.isfinite(scores[metric]):  # a failed stitch: NaN on every image
+        return np.full(len(scores["agree"]), np.nan, np.float32)
+    if metric == "accuracy":
+        return np.asarray(scores["correct"]).astype(np.float32) * 100
+    return np.asarray(scores["agree"]).astype(np.float32)
+
+
+def eval_rows(scores: dict, **labels) -> list[dict]:
+    """One tidy row per metric of one stored evaluation: `labels`, metric, value (the mean) and scores
+    (the per-image array; paths.save_table leaves it out of the CSVs)."""
+    return [{**labels, "metric": m, "value": scores[m], "scores": per_image(scores, m)} for m in METRICS]
 
 
 class Stitcher:
@@ -158,7 +218,7 @@ class Stitcher:
         rows, outs, cache, end_cache = [], None, {}, {}
         for job in jobs:
             for spec in specs:
-                key = {"stitch": self.key(job), "eval": spec}
+                key = self.eval_key(job, spec)
                 if not self.store.has("stitch_eval", key):
                     if outs is None:
                         outs = dict(zip([j.name for j in jobs], self.outcomes(jobs, train_data)))
@@ -166,19 +226,23 @@ class Stitcher:
                         cache[spec.data] = spec.data.load(self.device, self.data_dir)
                     o = outs[job.name]
                     model = o.model(self.front, self.end, self.cfg.resize)
-                    if o.error:
-                        scores = {"accuracy": float("nan"), "agreement": float("nan")}
+                    if o.error:  # a failed stitch scores NaN on every image (claims drop it, and say so)
+                        n = len(cache[spec.data])
+                        scores = {"accuracy": float("nan"), "agreement": float("nan"),
+                                  "correct": torch.zeros(n, dtype=torch.bool), "agree": torch.full((n,), float("nan"))}
                     else:
                         if spec.attack is None and spec.data not in end_cache:  # one end pass serves every job
                             end_cache[spec.data] = predict(self.end, cache[spec.data])
                         scores = score(model, self.end, cache[spec.data], spec, end_cache.get(spec.data))
                     self.store.save("stitch_eval", key, {**scores, "error": o.error or ""})
                 s = self.store.load("stitch_eval", key)
-                for metric in ("accuracy", "agreement"):
-                    rows.append({"objective": job.objective, "front_point": job.front_point, "end_point": job.end_point,
-                                 "alpha": job.alpha, "job": job.name, "eval": spec.name, "metric": metric,
-                                 "value": s[metric], "error": s["error"]})
+                rows += eval_rows(s, objective=job.objective, front_point=job.front_point, end_point=job.end_point,
+                                  alpha=job.alpha, job=job.name, eval=spec.name, error=s["error"])
         return rows
+
+    def eval_key(self, job: StitchJob, spec: EvalSpec) -> dict:
+        """The store key of `job`'s evaluation under `spec`."""
+        return {"stitch": self.key(job), "eval": spec, "eval_version": EVAL_VERSION}
 
 
 def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, role: str, specs: list[EvalSpec], device,
@@ -192,15 +256,9 @@ def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, role: 
     other, other_cfg = (model, model_cfg) if agree_with is None else (agree_with, agree_with_cfg)
     rows = []
     for spec in specs:
-        key = {"baseline": model_cfg, "agree_with": other_cfg, "role": role, "eval": spec, "version": EXPERIMENTS_VERSION}
+        key = {"baseline": model_cfg, "agree_with": other_cfg, "role": role, "eval": spec,
+               "version": (EXPERIMENTS_VERSION, EVAL_VERSION)}
         if not store.has("baseline_eval", key):
             store.save("baseline_eval", key, score(model, other, spec.data.load(device, data_dir), spec))
-        s = store.load("baseline_eval", key)
-        for metric in ("accuracy", "agreement"):
-            rows.append({"role": role, "eval": spec.name, "metric": metric, "value": s[metric]})
+        rows += eval_rows(store.load("baseline_eval", key), role=role, eval=spec.name)
     return rows
-
-
-def key_of(obj) -> str:
-    """Short hash of any config, for the figure manifest."""
-    return config_key(obj)

@@ -39,7 +39,7 @@ import torch
 from . import metrics
 from .config import Profile, get_profile
 from .crosslayer import OBJECTIVE_LABELS, eval_spec, train_spec
-from .experiments import DataSpec, EvalSpec, Stitcher, baseline_rows
+from .experiments import DataSpec, EvalSpec, Stitcher, baseline_rows, robust_eval_spec
 from .models import build, eval_mode
 from .stitching import OBJECTIVES, StitchJob, relative_error
 from .store import ResultStore, _canonical
@@ -77,14 +77,6 @@ class OwnModel:
 def point_label(k: int, name: str) -> str:
     """A stitch point as the papers number it: '5 · layer2.1' for 0-based index 4."""
     return f"{k + 1} · {name}"
-
-
-def robust_eval_spec(P: Profile, dataset: str) -> EvalSpec:
-    """The robust evaluation notebook 01 caches (PGD on a fixed test subset; AutoAttack at `paper`)."""
-    return EvalSpec(DataSpec(dataset, "test", subset=P.robust_eval_subset, seed=1),
-                    attack="autoattack" if P.name == "paper" else "pgd", eps=P.base.pgd_eps,
-                    pgd_step=P.base.pgd_step, pgd_steps=max(P.base.pgd_steps, 10),
-                    autoattack_iter=P.autoattack_iter, autoattack_eot=P.autoattack_eot)
 
 
 class Explorer:
@@ -213,7 +205,7 @@ class Explorer:
 
     def _cached_eval(self, front_id, end_id, job: StitchJob, spec: EvalSpec) -> dict | None:
         """The cached scores of `job` under `spec` ({"accuracy", "agreement", "error"}), or None."""
-        key = {"stitch": self._stitcher(front_id, end_id).key(job), "eval": spec}
+        key = self._stitcher(front_id, end_id).eval_key(job, spec)
         return self.store.load("stitch_eval", key) if self.store.has("stitch_eval", key) else None
 
     def heatmap(self, front_id: str, end_id: str, objective: str, metric: str = "accuracy"):

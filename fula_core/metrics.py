@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "accuracy",
     "agreement_probability",
+    "agreement_per_sample",
     "chance_normalised_agreement",
     "excess_agreement",
     "linear_cka",
@@ -44,12 +45,22 @@ def agreement_probability(stitched_logits: torch.Tensor, end_logits: torch.Tenso
         raise ValueError(
             f"logit shapes differ: {tuple(stitched_logits.shape)} vs {tuple(end_logits.shape)}"
         )
+    return agreement_per_sample(stitched_logits, end_logits).mean().item()
+
+
+def agreement_per_sample(stitched_logits: torch.Tensor, end_logits: torch.Tensor) -> torch.Tensor:
+    """The per-sample terms of `agreement_probability` [N], in percent (float64): what a paired
+    bootstrap over test images resamples."""
+    if stitched_logits.shape != end_logits.shape:
+        raise ValueError(
+            f"logit shapes differ: {tuple(stitched_logits.shape)} vs {tuple(end_logits.shape)}"
+        )
     # float64: near-one-hot distributions make the squared norms tiny differences of ones.
     p_s = stitched_logits.double().softmax(dim=1)
     p_g = end_logits.double().softmax(dim=1)
     overlap = (p_s * p_g).sum(dim=1)
     norm = torch.maximum((p_g * p_g).sum(dim=1), (p_s * p_s).sum(dim=1))
-    return 100.0 * (overlap / norm).mean().item()
+    return 100.0 * overlap / norm
 
 
 def chance_normalised_agreement(agreement: float, num_classes: int) -> float:

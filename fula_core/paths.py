@@ -80,14 +80,15 @@ def save_figure(fig, name: str, *, profile: str, notebook: str, config=None) -> 
 
 
 def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pathlib.Path:
-    """Write a tidy table to results/<profile>/<name>.csv (and to figures/ when it is a paper table)."""
-    paths = []
-    for folder in ([results_dir(profile), figures_dir(profile)] if name.startswith("table") else [results_dir(profile)]):
-        folder.mkdir(parents=True, exist_ok=True)
-        df.to_csv(folder / f"{name}.csv", index=False)
-        paths.append(folder / f"{name}.csv")
-    _record(profile, name, notebook, config, [p.name for p in paths])
-    return OutputPath(paths[0])
+    """Write a tidy table to figures/<profile>/<name>.csv, beside the figures it feeds (committed with them).
+    Columns of arrays (the per-image `scores` of experiments.eval_rows) stay in the cache, not in the CSV."""
+    folder = figures_dir(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = [c for c in df.columns if len(df) and hasattr(df[c].iloc[0], "shape")]
+    path = folder / f"{name}.csv"
+    df.drop(columns=arrays).to_csv(path, index=False)
+    _record(profile, name, notebook, config, [path.name])
+    return OutputPath(path)
 
 
 def _record(profile: str, name: str, notebook: str, config, files: list[str]) -> None:

@@ -1,5 +1,6 @@
 """Verdicts with intervals: one claim that holds, one contradicted, one inside the noise, on synthetic scores."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from fula_core import claims
@@ -82,3 +83,48 @@ def test_save_keeps_the_other_notebooks_rows(tmp_path, monkeypatch):
     df = pd.read_csv(path, dtype={"notebook": str})
     assert path.parent == tmp_path / "figures" / "smoke"
     assert sorted(df.claim_id) == ["c1", "c2"] and set(df.verdict) == {"HOLDS", "CONTRADICTED"}
+
+
+# --- judging tidy result rows (experiments.eval_rows) -----------------------------------------------------
+
+def _rows(values_by_objective, seeds=(0,), n=200, rng_seed=0):
+    """Tidy rows with per-image accuracy scores: each objective's images are correct with its probability."""
+    from fula_core.experiments import eval_rows
+
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for seed in seeds:
+        for obj, p in values_by_objective.items():
+            correct = rng.random(n) < p
+            rows += eval_rows({"accuracy": 100 * correct.mean(), "agreement": 50.0, "correct": correct,
+                               "agree": np.full(n, 50.0, np.float32)}, objective=obj, seed=seed, eval="test")
+    return pd.DataFrame(rows)
+
+
+def test_judge_rows_holds_contradicts_and_stays_inside_the_noise():
+    c = claims.Claim("x", "01", "Fig 4", "A beats B", "A", "B")
+    df = _rows({"a": 0.9, "b": 0.5, "c": 0.5})
+    assert claims.judge_rows(c, df, {"objective": "a"}, {"objective": "b"}, metric="accuracy").verdict == "HOLDS"
+    assert claims.judge_rows(c, df, {"objective": "b"}, {"objective": "a"}, metric="accuracy").verdict == "CONTRADICTED"
+    near = _rows({"a": 0.5, "b": 0.5}, n=50)
+    assert claims.judge_rows(c, near, {"objective": "a"}, {"objective": "b"}, metric="accuracy").verdict == "INCONCLUSIVE"
+
+
+def test_units_clusters_over_the_seed_column_and_refuses_unmatched_filters():
+    df = _rows({"a": 0.9, "b": 0.5}, seeds=(0, 1, 2))
+    x, seeds = claims.units(df, objective="a", metric="accuracy")
+    assert x.shape == (3, 200) and list(seeds) == [0, 1, 2]
+    v = claims.judge_rows(claims.Claim("x", "01", "", "", "A", "B"), df, {"objective": "a"}, {"objective": "b"},
+                          metric="accuracy")
+    assert v.sources == "images+seeds"
+    with pytest.raises(ValueError, match="no result row"):
+        claims.units(df, objective="zzz")
+    with pytest.raises(KeyError, match="no column"):
+        claims.units(df, arch="resnet18")
+
+
+def test_a_threshold_is_judged_against_a_number():
+    c = claims.Claim("t", "00", "", "clean accuracy >= 80", "accuracy", "80", kind="target")
+    x, _ = claims.units(_rows({"a": 0.95}, n=500), objective="a", metric="accuracy")
+    assert claims.judge(c, x, 80.0).verdict == "HOLDS"
+    assert claims.judge(c, x, 99.0).verdict == "CONTRADICTED"

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -31,7 +32,11 @@ def test_stitcher_caches_jobs_and_evaluations(tmp_path, monkeypatch):
 
     monkeypatch.setattr(experiments, "train_stitches", no_training)
     st2 = Stitcher(store, FRONT, END, CFG, train, "cpu", progress=False)
-    assert st2.evaluate(jobs, specs) == rows  # all from the cache, models included
+    again = st2.evaluate(jobs, specs)  # all from the cache, models included
+    assert [{k: v for k, v in r.items() if k != "scores"} for r in again] == [
+        {k: v for k, v in r.items() if k != "scores"} for r in rows]
+    assert all(np.array_equal(a["scores"], b["scores"]) for a, b in zip(again, rows))
+    assert all(abs(r["scores"].mean() - r["value"]) < 1e-3 for r in rows)  # the per-image scores average to the value
     monkeypatch.undo()
     # a new job trains only itself
     calls = []
