@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import attacks, metrics
@@ -262,3 +264,25 @@ def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, role: 
             store.save("baseline_eval", key, score(model, other, spec.data.load(device, data_dir), spec))
         rows += eval_rows(store.load("baseline_eval", key), role=role, eval=spec.name)
     return rows
+
+
+def baseline_table(store, models: Mapping[object, tuple[tuple[object, object], tuple[object, object]]],
+                   specs_of: Callable[[str], list], device, *, key_names: Sequence[str] = ("pair",),
+                   data_dir=None) -> pd.DataFrame:
+    """Tidy baseline rows (key columns, role, dataset, eval, metric, value) for the ends of stitching plots.
+
+    models: {key: ((front model, front cfg), (end model, end cfg))}, the key a value or a tuple named by
+    `key_names` (e.g. ("arch", "task", "pair")). Each model is scored on its own task's test data,
+    `specs_of(dataset)`: the front of a cross-task pair on its own task, as the front baseline of the
+    paper's cross-task plots. Only accuracy is kept (a baseline's agreement with itself says nothing).
+    """
+    rows = []
+    for key, ((front, front_cfg), (end, end_cfg)) in models.items():
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != len(key_names):
+            raise ValueError(f"key {key!r} does not match key_names {tuple(key_names)!r}")
+        for role, (model, cfg) in (("front", (front, front_cfg)), ("end", (end, end_cfg))):
+            for r in baseline_rows(store, model, cfg, role, specs_of(cfg.dataset), device, data_dir):
+                if r["metric"] == "accuracy":
+                    rows.append({**dict(zip(key_names, key)), "dataset": cfg.dataset, **r})
+    return pd.DataFrame(rows)

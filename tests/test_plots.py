@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fula_core import models, plots, stitching  # noqa: E402
+from fula_core import experiments, models, plots, stitching  # noqa: E402
 from fula_core.data import ImageSet  # noqa: E402
 from fula_core.experiments import DataSpec, EvalSpec, Stitcher  # noqa: E402
 from fula_core.stitching import StitchConfig, StitchJob  # noqa: E402
@@ -204,12 +204,12 @@ def test_baseline_table(tmp_path):
         return [EvalSpec(DataSpec(dataset, "test", subset=16)),
                 EvalSpec(DataSpec(dataset, "test", subset=8), attack="pgd", eps=0.1, pgd_step=0.05, pgd_steps=1)]
 
-    base = plots.baseline_table(store, {("cross", "a"): ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu",
+    base = experiments.baseline_table(store, {("cross", "a"): ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu",
                                 key_names=("task", "pair"))
     assert len(base) == 4 and set(base.role) == {"front", "end"} and set(base["eval"]) == {"test", "test/pgd"}
     assert set(base.metric) == {"accuracy"} and (base.task == "cross").all() and (base.dataset == "synthetic").all()
     with pytest.raises(ValueError):
-        plots.baseline_table(store, {"a": ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu", key_names=("task", "pair"))
+        experiments.baseline_table(store, {"a": ((front, cfg_f), (end, cfg_e))}, specs_of, "cpu", key_names=("task", "pair"))
 
 
 def test_one_colour_per_objective_in_both_papers_figures():
