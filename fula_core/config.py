@@ -40,6 +40,9 @@ class Profile:
     autoattack_iter: int  # APGD iterations (paper/AutoAttack: 100)
     autoattack_eot: int  # EOT iterations: 20 in the 'rand' version; 1 is exact for deterministic eval-mode models
     stitch_points: tuple[int, ...] = tuple(range(9))  # points of the stitching plots
+    # stitch seeds of the paper-1 testbeds (01-03): each seed draws its own data order, least-squares sample and
+    # PGD starts (StitchConfig.seed); claims resample them (claims.py). The paper reports single runs.
+    stitch_seeds: tuple[int, ...] = (0,)
     adv_stitch_train_subset: int | None = None  # alpha > 0 stitches (§3.1) train on this many images (None = all)
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # stitch-training shares of adversarial inputs (§3.1)
     objectives: tuple[str, ...] = ("slm", "tlm", "hint", "fula")  # trained objectives of the paper-1 figures
