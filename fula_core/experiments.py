@@ -178,13 +178,12 @@ class Stitcher:
     """Stitch jobs between one front and one end model, cached job by job."""
 
     def __init__(self, store: ResultStore, front_cfg, end_cfg, cfg: StitchConfig, train_spec: DataSpec, device,
-                 *, front: StitchableResNet | None = None, end: StitchableResNet | None = None,
-                 init_spec: DataSpec | None = None, iri: dict | None = None, data_dir=None, progress: bool = True):
+                 *, front: StitchableResNet | None = None, end: StitchableResNet | None = None, data_dir=None,
+                 progress: bool = True):
         """front_cfg / end_cfg: TrainConfig of zoo models (or any hashable description when the models are
-        passed in directly). `iri`: description of an IRI training set (its config), used with
-        `train_data` set per call for invariance-aware stitching."""
+        passed in directly)."""
         self.store, self.cfg, self.train_spec, self.device = store, cfg, train_spec, device
-        self.front_cfg, self.end_cfg, self.init_spec, self.iri = front_cfg, end_cfg, init_spec, iri
+        self.front_cfg, self.end_cfg = front_cfg, end_cfg
         self.data_dir, self.progress = data_dir, progress
         self.front = front if front is not None else get_model(store, front_cfg, device, data_dir=data_dir, progress=progress)
         self.end = end if end is not None else get_model(store, end_cfg, device, data_dir=data_dir, progress=progress)
@@ -192,18 +191,17 @@ class Stitcher:
     def key(self, job: StitchJob) -> dict:
         """Everything that determines the trained stitch of `job` (its store key)."""
         return {"front": self.front_cfg, "end": self.end_cfg, "job": job, "cfg": self.cfg, "train": self.train_spec,
-                "init": self.init_spec, "iri": self.iri, "version": (STITCHING_VERSION, EXPERIMENTS_VERSION)}
+                "version": (STITCHING_VERSION, EXPERIMENTS_VERSION)}
 
-    def outcomes(self, jobs: list[StitchJob], train_data: ImageSet | None = None) -> list[StitchOutcome]:
+    def outcomes(self, jobs: list[StitchJob]) -> list[StitchOutcome]:
         """Trained stitches for `jobs`: the cached ones loaded, all missing ones trained together."""
         keys = [self.key(j) for j in jobs]
         missing = [j for j, k in zip(jobs, keys) if not self.store.has("stitch", k)]
         if missing:
-            data = train_data if train_data is not None else self.train_spec.load(self.device, self.data_dir)
-            init = self.init_spec.load(self.device, self.data_dir) if self.init_spec else None
+            data = self.train_spec.load(self.device, self.data_dir)
             batch_key = {"jobs": [self.key(j) for j in missing]}
             ckpt = self.store.checkpointer("stitch_batch", batch_key)
-            trained = train_stitches(self.front, self.end, missing, data, self.cfg, init_data=init, checkpoint=ckpt,
+            trained = train_stitches(self.front, self.end, missing, data, self.cfg, checkpoint=ckpt,
                                      progress=self.progress)
             for job, out in zip(missing, trained):
                 self.store.save("stitch", self.key(job), dataclasses.asdict(out) | {"job": dataclasses.asdict(job)})
@@ -215,7 +213,7 @@ class Stitcher:
             result.append(StitchOutcome(**d))
         return result
 
-    def evaluate(self, jobs: list[StitchJob], specs: list[EvalSpec], train_data: ImageSet | None = None) -> list[dict]:
+    def evaluate(self, jobs: list[StitchJob], specs: list[EvalSpec]) -> list[dict]:
         """Tidy rows: one per job x eval spec x metric (accuracy, agreement), cached per job and spec."""
         rows, outs, cache, end_cache = [], None, {}, {}
         for job in jobs:
@@ -223,7 +221,7 @@ class Stitcher:
                 key = self.eval_key(job, spec)
                 if not self.store.has("stitch_eval", key):
                     if outs is None:
-                        outs = dict(zip([j.name for j in jobs], self.outcomes(jobs, train_data)))
+                        outs = dict(zip([j.name for j in jobs], self.outcomes(jobs)))
                     if spec.data not in cache:
                         cache[spec.data] = spec.data.load(self.device, self.data_dir)
                     o = outs[job.name]
