@@ -227,3 +227,20 @@ def save(verdicts: Sequence[Verdict], profile: str, notebook: str):
         new = pd.concat([old[old.notebook != notebook], table(verdicts)], ignore_index=True)
         atomic_write_text(path, new.sort_values(["notebook", "claim_id"]).to_csv(index=False))
     return path
+
+
+def summary(path) -> str:
+    """The README's one-line count of a claims.csv: paper claims by verdict, then per notebook (HOLDS/total),
+    then targets and sanity checks apart. `paths.figures_dir(profile) / "claims.csv"` is the usual path."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"notebook": str})
+    paper = df[df.kind == "paper"]
+    counts = paper.verdict.value_counts()
+    per_nb = ", ".join(f"{nb[:2]}: {int((g.verdict == 'HOLDS').sum())}/{len(g)}"
+                       for nb, g in paper.groupby("notebook", sort=True))
+    others = df[df.kind != "paper"]
+    return (f"{len(paper)} paper claims: {int(counts.get('HOLDS', 0))} hold, "
+            f"{int(counts.get('CONTRADICTED', 0))} contradicted, {int(counts.get('INCONCLUSIVE', 0))} inconclusive "
+            f"({per_nb}); {len(others)} project targets and sanity checks: "
+            f"{int((others.verdict == 'HOLDS').sum())} hold")

@@ -128,3 +128,15 @@ def test_a_threshold_is_judged_against_a_number():
     x, _ = claims.units(_rows({"a": 0.95}, n=500), objective="a", metric="accuracy")
     assert claims.judge(c, x, 80.0).verdict == "HOLDS"
     assert claims.judge(c, x, 99.0).verdict == "CONTRADICTED"
+
+
+def test_summary_counts_paper_claims_apart_from_targets(tmp_path):
+    c = claims.Claim
+    vs = [claims.Verdict(c("a", "01_x", "", "", "A", "B"), 1, 0, 1, 0.5, 1.5, 10, "images"),
+          claims.Verdict(c("b", "01_x", "", "", "A", "B"), 1, 1, 0, -1, 1, 10, "images"),
+          claims.Verdict(c("c", "02_y", "", "", "A", "B"), 0, 1, -1, -1.5, -0.5, 10, "images"),
+          claims.Verdict(c("t", "00_z", "", "", "A", "90", kind="target"), 95, 90, 5, 4, 6, 10, "images")]
+    path = tmp_path / "claims.csv"
+    claims.table(vs).to_csv(path, index=False)
+    assert claims.summary(path) == ("3 paper claims: 1 hold, 1 contradicted, 1 inconclusive (01: 1/2, 02: 0/1); "
+                                    "1 project targets and sanity checks: 1 hold")

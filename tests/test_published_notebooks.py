@@ -120,3 +120,15 @@ def test_saved_paths_display_relative_to_the_output_root(tmp_path, monkeypatch):
     p = paths.save_table(pd.DataFrame({"a": [1]}), "x", profile="quick", notebook="04")
     assert p.exists() and p == tmp_path / "results" / "quick" / "x.csv"
     assert repr(p) == "'results/quick/x.csv'" and str(tmp_path) not in repr(p)
+
+
+def test_readme_counts_come_from_the_committed_claims_csv():
+    """The README's summary line is claims.summary of figures/quick/claims.csv, written by the quick run."""
+    from fula_core import claims
+
+    path = REPO / "figures" / "quick" / "claims.csv"
+    if not path.exists():
+        pytest.skip("figures/quick/claims.csv is written by the quick run (./run_all.sh --publish)")
+    line = claims.summary(path)
+    assert line in (REPO / "README.md").read_text(), (
+        f"README.md must carry the summary of {path.relative_to(REPO)}: {line!r}")
