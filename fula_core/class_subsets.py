@@ -108,7 +108,8 @@ class Plan:
             counts = {k: len(self.train_spec(k).load(data_dir=data_dir)) for k in self.ks}
             out["training images"] = [counts[k] for k in out.k]
         shared = set(self.profile.stitch_seeds)
-        out["shared with 01"] = [k == self.num_classes and bool(shared & set(s)) for k, s in zip(out.k, out.seeds)]
+        out["seeds shared with 01"] = [", ".join(str(x) for x in s if x in shared) if k == self.num_classes else ""
+                                       for k, s in zip(out.k, out.seeds)]
         out["seeds"] = [", ".join(map(str, s)) for s in out.seeds]
         return out
 

@@ -110,7 +110,7 @@ class Plan:
 
     def summary(self) -> pd.DataFrame:
         """One row per (architecture, task, kind): stitches per seed, seeds, evaluations, and whether notebook
-        01 trains the same stitches (the marker-free ones, at its seeds)."""
+        01 trains the same stitches (the marker-free ones, at the seeds it shares)."""
         rows = {}
         for t in self.testbeds:
             r = rows.setdefault((t.arch, t.task, t.kind), {
@@ -119,7 +119,8 @@ class Plan:
             r["seeds"].append(t.seed)
         out = pd.DataFrame(list(rows.values()))
         shared = set(self.profile.stitch_seeds)
-        out["shared with 01"] = [k == NO_MARKERS and bool(shared & set(s)) for k, s in zip(out.markers, out.seeds)]
+        out["seeds shared with 01"] = [", ".join(str(x) for x in s if x in shared) if k == NO_MARKERS else ""
+                                       for k, s in zip(out.markers, out.seeds)]
         out["seeds"] = [", ".join(map(str, s)) for s in out.seeds]
         return out
 
