@@ -466,7 +466,8 @@ def seed_spread(ax, rows, *, x: str = "front_point", objectives: Sequence[str] |
         xs = [x_of(v) if x_of else v for v in per_seed.index]
         drawn.append(ax.errorbar(xs, mean.values, yerr=[(mean - low).values, (high - mean).values], fmt="none",
                                  ecolor=OBJECTIVE_COLOURS.get(obj), elinewidth=0.9, capsize=2, alpha=0.8,
-                                 transform=objective_offset(ax, obj), gid="seed_spread"))
+                                 transform=objective_offset(ax, obj), gid="seed_spread",
+                                 label="_seed_spread"))  # underscore: never in a legend
     return drawn
 
 

@@ -209,3 +209,16 @@ def test_smoke_run_and_claims(tmp_path):
     verdicts = S.claims(res, P)
     assert len(verdicts) == 8 and all(v.verdict in claims.VERDICTS for v in verdicts)
     assert len(S.accuracy_table(res))
+
+
+def test_figure8_draws_seed_spread_with_several_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    P = dataclasses.replace(config.get_profile("smoke"), shortcut_seeds=(0, 1))
+    rows = make_rows(gain=both(5, 0), seeds=(0, 1), noise=20)
+    base = pd.DataFrame(columns=["arch", "task", "role", "eval", "metric", "value"])
+    fig = S.figure8(S.Results(rows, base, S.plan(P)))
+    bars = [c for ax in fig.axes for c in ax.containers if c.get_label() == "_seed_spread"]
+    # every panel: 4 objectives on clean data, plus 4 on marked data in the marked columns
+    assert len(bars) == 2 * (4 + 2 * 8)
