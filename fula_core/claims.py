@@ -179,6 +179,51 @@ def judge_rows(claim: Claim, rows, a: dict, b: dict, *, seed_column: str = "seed
     return judge(claim, xa, xb, seeds_a=sa, seeds_b=sb)
 
 
+def seed_means(rows, seed_column: str = "seed", **filters) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per seed, the mean over the selected units of each image's score: ([seeds, images], the seeds in
+    sorted order, units per seed). Rows without `seed_column` count as one seed (0). Raises a clear error
+    when the seeds hold different numbers of units (a missing stitch would tilt one seed's mean)."""
+    x, seeds = units(rows, seed_column, **filters)
+    seeds = np.zeros(len(x), dtype=int) if seeds is None else seeds
+    order = np.unique(seeds)
+    counts = {int(s): int((seeds == s).sum()) for s in order}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"claims.seed_means: the seeds hold different numbers of units {counts} for {filters}")
+    return np.stack([x[seeds == s].mean(0) for s in order]), order, next(iter(counts.values()))
+
+
+def paired_difference(rows, plus: dict, minus: dict, *, seed_column: str = "seed",
+                      **common) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed and test image, the mean score of the `plus` rows minus that of the `minus` rows (filters as
+    in `units`, both with `common`): the same stitches scored two ways (with and without markers), or two
+    stitch sets trained two ways (k classes against all), on the same images. Both sides must hold the
+    same seeds and the same number of units per seed. Returns ([seeds, images], seeds) for `judge`."""
+    xp, sp, n_plus = seed_means(rows, seed_column, **common, **plus)
+    xm, sm, n_minus = seed_means(rows, seed_column, **common, **minus)
+    if not np.array_equal(sp, sm) or n_plus != n_minus:
+        raise ValueError(f"claims.paired_difference: {plus} has seeds {sp.tolist()} x {n_plus} units, {minus} has "
+                         f"seeds {sm.tolist()} x {n_minus}: a paired difference needs the same units on both sides")
+    if xp.shape[1] != xm.shape[1]:
+        raise ValueError(f"claims.paired_difference: {xp.shape[1]} vs {xm.shape[1]} images: not the same test images")
+    return xp - xm, sp
+
+
+def judge_all(claim: Claim, parts: Sequence[Verdict]) -> Verdict:
+    """A claim that is the conjunction of `parts` (e.g. "the gain is positive AND larger than B's"):
+    HOLDS only when every part holds, CONTRADICTED when any part is, INCONCLUSIVE otherwise (an
+    intersection-union test: each part at the 95% level keeps the conjunction at 95%). The returned
+    verdict carries the binding part's numbers (a contradicted part, else the part with the lowest interval
+    end) under `claim`, its A and B named after that part."""
+    if not parts:
+        raise ValueError(f"claim {claim.id}: judge_all needs at least one part")
+    import dataclasses
+
+    contradicted = [p for p in parts if p.verdict == "CONTRADICTED"]
+    binding = min(contradicted, key=lambda p: p.ci_high) if contradicted else min(parts, key=lambda p: p.ci_low)
+    named = dataclasses.replace(claim, a=f"{binding.claim.a} (binding part of {len(parts)})", b=binding.claim.b)
+    return dataclasses.replace(binding, claim=named)
+
+
 def judge_values(claim: Claim, a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BOOT,
                  level: float = LEVEL, rng_seed: int = 0) -> Verdict:
     """For quantities with no per-image score (CKA, an IRI error): a bootstrap over the repeated values

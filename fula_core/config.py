@@ -77,6 +77,10 @@ class Profile:
     # (paper 1 / the authors: 5,000 k CIFAR images, so the count grows with k); "fixed_total" = the same number
     # of images for every k, drawn from the first k classes (only the label distribution changes)
     class_subset_sampling: str = "per_class"
+    # notebooks 02 (shortcuts) and 03 (class subsets): their own stitch seeds; None = stitch_seeds (notebook 01's,
+    # whose marker-free / all-class stitches they share at equal seeds)
+    shortcut_seeds: tuple[int, ...] | None = None
+    class_subset_seeds: tuple[int, ...] | None = None
     # notebook 07 (your own models): yourmodels.Sizes fields (images, epochs, width, IRI schedule, test images)
     your_models: dict = field(default_factory=lambda: dict(
         base_images=60000, base_epochs=30, width=64, stitch_images=60000, stitch_epochs=10, iri_images=10000,
@@ -162,8 +166,14 @@ PROFILES: dict[str, Profile] = {
                             pgd_step=0.04, pgd_steps=3, fula_reduction="sample"),
         stitch_train_subset=2500, eval_subset=1000, robust_eval_subset=200, adv_stitch_train_subset=1000,
         autoattack_iter=20, autoattack_eot=1,
-        stitch_points=(0, 4, 8), alphas=(0.0, 1.0), shortcut_kinds=("pixel", "location", "pixel_location", "aruco"),
-        class_subset_ks=(1, 2, 5, 10), cross_layer_points=(0, 2, 4, 6, 8),
+        stitch_points=(0, 4, 8), alphas=(0.0, 1.0),
+        # notebooks 02 / 03: two stitch seeds each (claims resample them); for that, Fig 7's two kinds (pattern,
+        # location) and k in {1, 5, 10}: 8 new passes of 12 stitches each, as the previous single-seed run's 8 / 6
+        shortcut_kinds=("pixel", "location"),
+        shortcut_seeds=(0, 1),
+        class_subset_ks=(1, 5, 10),
+        class_subset_seeds=(0, 1),
+        cross_layer_points=(0, 2, 4, 6, 8),
         cross_layer_objectives=("hint", "fula"), iri_steps=40, iri_step_size=4 / 255, iri_samples=256,
         iri_points=(1, 4, 7), iri_front_seeds=(1,),
         # SimCLR front (the authors' recipe, shortened): 6 pre-training + 6 probe epochs on 8k images, LR drops at
@@ -196,8 +206,10 @@ PROFILES: dict[str, Profile] = {
                             "of 0.04 instead of 10 of 2/255 (evaluation: 10 steps); robust models see 10k images"),
                ("01 02 03", "stitches: 2 epochs on 2.5k images (adversarial ones on 1k), stitch points 1, 5, 9 of 9, alpha in {0, 1}"),
                ("01 02 03", "evaluation: clean on 1000 test images, robust (PGD-10) on 200"),
-               ("03", "class subsets: k in {1, 2, 5, 10}; the stitch sees 2.5k images for every k (class_subset_sampling="
-                      "'fixed_total'), where the paper's sees every image of the first k classes"),
+               ("02", "shortcuts: Fig 7's two marker kinds (pixel: class grey level at a random place; location: noise at "
+                      "the class place) instead of five, two stitch seeds (0, 1) instead of one run"),
+               ("03", "class subsets: k in {1, 5, 10}, two stitch seeds (0, 1); the stitch sees 2.5k images for every k "
+                      "(class_subset_sampling='fixed_total'), where the paper's sees every image of the first k classes"),
                ("04", "cross-layer heatmaps (Fig 10): 5 x 5 of the 9 x 9 stitch points, Hint and FuLA only (not SLM, TLM)"),
                ("00", "AutoAttack: 20 APGD iterations, EOT 1 (exact for eval-mode models), on 200 test images"),
                ("05", "SimCLR front: 6 pre-training + 6 linear-probe epochs on 8k images (LR x0.1 at 1/2 and 3/4; linear probe "

@@ -443,6 +443,61 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
 
 
 # ----------------------------------------------------------------------------------------------------
+# Spread over stitch seeds (drawn on top of the figures above, which plot the mean over seeds)
+
+
+def seed_spread(ax, rows, *, x: str = "front_point", objectives: Sequence[str] | None = None,
+                eval_name: str = "test", metric: str = "accuracy", seed_column: str = "seed",
+                x_of: Callable | None = plot_x) -> list:
+    """Error bars from the lowest to the highest per-seed value at every x, one colour per objective, at
+    each objective's sideways offset (the mean over seeds is the curve itself). Draws nothing where a point
+    has fewer than two seeds. Returns the error-bar containers."""
+    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
+    if df.empty or seed_column not in df.columns:
+        return []
+    df = df[(df["eval"] == eval_name) & (df["metric"] == metric)]
+    drawn = []
+    for obj in (objectives if objectives is not None else list(dict.fromkeys(df["objective"]))):
+        per_seed = df[df["objective"] == obj].groupby([x, seed_column])["value"].mean().unstack(seed_column)
+        per_seed = per_seed[per_seed.notna().sum(axis=1) >= 2]
+        if per_seed.empty:
+            continue
+        mean, low, high = per_seed.mean(axis=1), per_seed.min(axis=1), per_seed.max(axis=1)
+        xs = [x_of(v) if x_of else v for v in per_seed.index]
+        drawn.append(ax.errorbar(xs, mean.values, yerr=[(mean - low).values, (high - mean).values], fmt="none",
+                                 ecolor=OBJECTIVE_COLOURS.get(obj), elinewidth=0.9, capsize=2, alpha=0.8,
+                                 transform=objective_offset(ax, obj), gid="seed_spread",
+                                 label="_seed_spread"))  # underscore: never in a legend
+    return drawn
+
+
+def grid_seed_spread(axes, rows, *, row_key: str, col_key: str, row_values: Sequence, col_values: Sequence,
+                     eval_styles: EvalStyles | Callable[[object], EvalStyles] = None,
+                     objectives: Sequence[str] | None = None, metric: str = "accuracy", **kw) -> None:
+    """`seed_spread` in every panel of a `stitching_grid` (same keys, values and eval styles)."""
+    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
+    styles_of = eval_styles if callable(eval_styles) else (lambda _c: eval_styles or {"test": "-"})
+    for i, rv in enumerate(row_values):
+        for j, cv in enumerate(col_values):
+            panel = df[(df[row_key] == rv) & (df[col_key] == cv)]
+            for e in styles_of(cv):
+                seed_spread(axes[i, j], panel, eval_name=e, objectives=objectives, metric=metric, **kw)
+
+
+def class_subset_seed_spread(axes, rows, *, row_key: str = "task", row_values: Sequence,
+                             points: Sequence[int], objectives: Sequence[str], with_mean: bool = True,
+                             eval_name: str = "test", metric: str = "accuracy") -> None:
+    """`seed_spread` against k in every panel of a `class_subset_grid` (the same rows, points, objectives)."""
+    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
+    cols = [*points, "mean"] if with_mean else list(points)
+    for i, rv in enumerate(row_values):
+        sub = df[df[row_key] == rv]
+        for j, col in enumerate(cols):
+            panel = sub if col == "mean" else sub[sub["front_point"] == col]
+            seed_spread(axes[i, j], panel, x="k", x_of=None, objectives=objectives, eval_name=eval_name, metric=metric)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Baselines and the Fig. 6 CKA (small analyses the figures need)
 
 
