@@ -45,6 +45,11 @@ class Profile:
     stitch_seeds: tuple[int, ...] = (0,)
     adv_stitch_train_subset: int | None = None  # alpha > 0 stitches (§3.1) train on this many images (None = all)
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0)  # stitch-training shares of adversarial inputs (§3.1)
+    # notebook 01 (adversarial stitching, §3.1): alpha > 0 stitches train with their own StitchConfig (None = `stitch`:
+    # the CPU profiles give them more, smaller Adam steps), and robust accuracy is measured at `adv_eval_eps`
+    # (None = the base models' pgd_eps), on `robust_eval_subset` test images
+    adv_stitch: StitchConfig | None = None
+    adv_eval_eps: float | None = None
     objectives: tuple[str, ...] = ("slm", "tlm", "hint", "fula")  # trained objectives of the paper-1 figures
     shortcut_kinds: tuple[str, ...] = ("pixel", "location", "pixel_location", "aruco", "aruco_location")  # §3.2
     class_subset_ks: tuple[int, ...] = tuple(range(1, 11))  # Fig 9: stitch on the first k classes

@@ -15,10 +15,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import metrics
-from .models import NUM_STITCH_POINTS, eval_mode
+from .models import NUM_STITCH_POINTS
 
 # ----------------------------------------------------------------------------------------------------
 # Names, colours and the layout of the paper's figures
@@ -440,60 +438,6 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig, axes
-
-
-# ----------------------------------------------------------------------------------------------------
-# Baselines and the Fig. 6 CKA (small analyses the figures need)
-
-
-@torch.no_grad()
-def stitched_activation(model, x: torch.Tensor, point: int) -> torch.Tensor:
-    """Activation of a `stitching.StitchedModel` h = g_{>j} o T o f_{<=i} at the end model's stitch point
-    `point` (>= j): T's output itself at point j, else g's activation at that later point. Run with the
-    job's own BatchNorm statistics in eval mode, exactly as h's forward."""
-    job = model.job
-    if not job.end_point <= point < NUM_STITCH_POINTS:
-        raise IndexError(f"point {point} is not at or after the stitch's end point {job.end_point}")
-    with model._job_bn():
-        a = model.stitch(model.front.activations_upto(x, job.front_point))
-        if point == job.end_point:
-            return a
-        return model.end.activations_from(a, job.end_point)[point - job.end_point - 1]
-
-
-@torch.no_grad()
-def end_activation(end, x: torch.Tensor, point: int) -> torch.Tensor:
-    with eval_mode(end):
-        return end.activations_upto(x, point)
-
-
-def adversarial_cka(stitcher, job, spec, point: int = NUM_STITCH_POINTS - 1, batch_size: int = 500) -> float:
-    """Fig. 6a: linear CKA between the stitched model's and the end model's activations at `point` (the
-    penultimate layer by default) on inputs attacked against the stitched model (`spec`: an EvalSpec with
-    an attack; clean inputs when its attack is None). Cached in the stitcher's store."""
-    from .experiments import attack_inputs
-
-    key = {"stitch": stitcher.key(job), "eval": spec, "point": point, "what": "adversarial_cka", "version": 1}
-
-    def compute(_ckpt):
-        outcome = stitcher.outcomes([job])[0]
-        if outcome.error:
-            return {"cka": float("nan")}
-        model = outcome.model(stitcher.front, stitcher.end, stitcher.cfg.resize)
-        model.eval()
-        data = spec.data.load(stitcher.device, stitcher.data_dir)
-        x = attack_inputs(model, data, spec)
-        h = torch.cat([stitched_activation(model, xb, point) for xb in x.split(batch_size)])
-        g = torch.cat([end_activation(stitcher.end, xb, point) for xb in x.split(batch_size)])
-        return {"cka": metrics.linear_cka(h.float(), g.float())}
-
-    return float(stitcher.store.get_or_compute("adversarial_cka", key, compute)["cka"])
-
-
-def last_hint_weights(end_point: int) -> tuple[float, ...]:
-    """FuLA weights with every term 0 but the last hint (paper Fig. 6): (0, ..., 0, 1), 9 - j terms."""
-    n = NUM_STITCH_POINTS - end_point
-    return tuple([0.0] * (n - 1) + [1.0])
 
 
 def nan_safe_mean(values: Iterable[float]) -> float:
