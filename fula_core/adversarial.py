@@ -89,6 +89,7 @@ class Plan:
     robust: EvalSpec
     top_alpha: float
     main_arch: str
+    objectives: tuple[str, ...]  # of the grid (Figs 4, 5)
 
     def summary(self) -> pd.DataFrame:
         """One row per testbed: trained jobs per seed, how many adversarial, DM solutions, CKA values."""
@@ -153,7 +154,7 @@ def plan(P: Profile) -> Plan:
                                         cka=arch == main and task == "same"))
     clean, robust = eval_specs(P)
     return Plan(testbeds, tuple(P.stitch_seeds), P.stitch, adv_stitch_config(P), stitch_train_spec(P),
-                adv_train_spec(P), clean, robust, top, main)
+                adv_train_spec(P), clean, robust, top, main, tuple(P.objectives))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -504,3 +505,57 @@ def claims(res: Results, P: Profile) -> list[C.Verdict]:
     if 0.0 in P.alphas:
         out += [claim_interpolates(rows, base, task, clean) for task in TASKS]
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures (drawn by plots; bars over the stitch seeds' range where the profile has several)
+
+
+def _eval_labels(pl: Plan) -> dict[str, str]:
+    attack = pl.robust.attack or "clean"
+    return {pl.clean.name: "clean accuracy", pl.robust.name: f"robust accuracy ({attack}, ε = {pl.robust.eps:g})"}
+
+
+def figure_grid(res: Results, arch: str, task: str, title: str):
+    """Figs 4, 5 (13-18): rows alpha, columns the robustness pairs; clean solid, robust dashed."""
+    pl = res.plan
+    alphas = sorted(set(res.rows.alpha))
+    sub = plots.select(res.rows, arch=arch, task=task, objective=list(pl.objectives))
+    fig, _ = plots.stitching_grid(sub, plots.select(res.baselines, arch=arch, task=task), row_key="alpha",
+                                  col_key="pair", row_values=alphas, col_values=list(PAIRS),
+                                  eval_styles={pl.clean.name: "-", pl.robust.name: "--"}, eval_labels=_eval_labels(pl),
+                                  objectives=list(pl.objectives), row_label=lambda a: f"α = {a:g}", title=title,
+                                  spread=len(pl.seeds) > 1)
+    return fig
+
+
+def figure_dm_vs_hint(res: Results, title: str):
+    """Fig. 3: DM (closed form) against Hint, non-robust pairs, alpha 0, clean accuracy."""
+    pl = res.plan
+    sub = plots.select(res.rows, arch=pl.main_arch, pair=NR_NR, alpha=0.0, objective=["dm", "hint"])
+    fig, _ = plots.stitching_grid(sub, plots.select(res.baselines, arch=pl.main_arch, pair=NR_NR), row_key="alpha",
+                                  col_key="task", col_values=["same", "cross"], objectives=["dm", "hint"],
+                                  eval_styles={pl.clean.name: "-"}, eval_labels={pl.clean.name: "clean accuracy"},
+                                  col_label=lambda t: f"{t}-task, {NR_NR}", title=title, panel_size=(3.4, 2.6),
+                                  spread=len(pl.seeds) > 1)
+    return fig
+
+
+def figure_similarity(res: Results):
+    """Fig. 6: (a) the DM stitches' penultimate CKA on adversarial inputs, (b) last-hint FuLA's accuracy."""
+    pl = res.plan
+    func = plots.select(res.rows, arch=pl.main_arch, task="same", objective="fula_last")
+    attack = pl.robust.attack or "clean"
+    return plots.similarity_figure(res.cka[res.cka.arch == pl.main_arch], func, pair_order=list(PAIRS),
+                                   functional_styles={pl.clean.name: "-", pl.robust.name: "--"},
+                                   functional_labels={pl.clean.name: "clean", pl.robust.name: f"robust ({attack})"},
+                                   functional_title=f"(b) FuLA with the last hint only, trained at α = {pl.top_alpha:g}"
+                                                    "\n(stitched-model accuracy)", spread=len(pl.seeds) > 1)
+
+
+def appendix_figures(P: Profile) -> list[tuple[str, str, str]]:
+    """(arch, task, figure name) of Figs 13-18: only at profiles with more than one architecture."""
+    if len(P.archs) < 2:
+        return []
+    return [(arch, task, f"fig{no}_{task}_task_adversarial_{arch}") for arch in P.archs
+            for task, no in zip(TASKS, APPENDIX_FIGURES[arch])]

@@ -62,6 +62,20 @@ def test_stitching_plot_without_baselines_and_subset_of_objectives():
     assert np.allclose(lines[0].get_ydata(), [20, 24, 28])
 
 
+def test_stitching_plot_spread_over_seeds():
+    rows = [dict(r, seed=s, value=r["value"] + 2 * s) for s in (0, 1, 2) for r in fake_rows()]
+    fig, ax = plt.subplots()
+    lines = plots.stitching_plot(ax, rows, spread=True)
+    assert np.allclose(lines[0].get_ydata(), [52, 56, 60])  # SLM: the mean over seeds
+    bars = [c for c in ax.collections if c.get_gid() == "spread"]
+    assert len(bars) == 4  # one set of bars per objective
+    (segment, *_) = bars[0].get_segments()
+    assert np.allclose(segment[:, 1], [50, 54])  # SLM at point 0: the seeds give 50, 52, 54
+    fig2, ax2 = plt.subplots()
+    plots.stitching_plot(ax2, fake_rows(), spread=True)  # a single seed: no bars
+    assert not [c for c in ax2.collections if c.get_gid() == "spread"]
+
+
 def test_stitching_plot_handles_nan_and_empty():
     rows = fake_rows()
     for r in rows:
