@@ -317,7 +317,8 @@ def _best_baseline(base: pd.DataFrame, eval_name: str, n_images: int, **filters)
     sel = base[(base["eval"] == eval_name) & (base["metric"] == "accuracy")]
     for k, v in filters.items():
         sel = sel[sel[k] == v]
-    sel = sel[[len(s) == n_images for s in sel["scores"]]]
+    end_data = set(sel[sel["role"] == "end"]["dataset"])  # the stitches are scored on the end model's task
+    sel = sel[sel["dataset"].isin(end_data) & np.array([len(s) == n_images for s in sel["scores"]], dtype=bool)]
     if not len(sel):
         raise ValueError(f"no baseline scored on the stitches' {n_images} {eval_name} images for {filters}")
     best = sel.loc[sel["value"].idxmax()]

@@ -157,6 +157,7 @@ def test_claim_fabricated_robustness():
     # a cross-task front is scored on its own task (other images): only the end baseline qualifies
     base = baseline_rows(0.9, 0.03, task="cross")
     base["scores"] = [np.zeros(10, np.float32) if r == "front" else x for r, x in zip(base.role, base.scores)]
+    base["dataset"] = ["digits" if r == "front" else d for r, d in zip(base.role, base.dataset)]
     v = A.claim_fabricated_robustness(stitch_rows(_tb_rule(0.2, 0.02), task="cross"), base, "cross", 1.0, ROBUST)
     assert v.verdict == "HOLDS" and v.claim.b == "robust acc. end baseline"
 
