@@ -15,10 +15,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import metrics
-from .models import NUM_STITCH_POINTS, eval_mode
+from .models import NUM_STITCH_POINTS
 
 # ----------------------------------------------------------------------------------------------------
 # Names, colours and the layout of the paper's figures
@@ -152,7 +150,7 @@ def style_stitching_axes(ax, points: Sequence[int] | None = None) -> None:
 def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", objectives: Sequence[str] | None = None,
                    baselines: Mapping[str, float] | None = None, *, linestyle: str = "-", x: str = "front_point",
                    colours: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
-                   label_suffix: str = "", style_axes: bool = True) -> list:
+                   label_suffix: str = "", style_axes: bool = True, spread: bool = False) -> list:
     """One line per objective: value of `metric` on `eval_name` against the stitch point.
 
     Args:
@@ -162,6 +160,8 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
         baselines: {"front": value, "end": value}: the line starts at the front baseline (x = 0) and ends
             at the end baseline (x = 10); both are also marked in black. None or NaN: no end point.
         colours / labels: per-objective overrides of OBJECTIVE_COLOURS / OBJECTIVE_LABELS.
+        spread: where a point has several rows (stitch seeds), the line is their mean and a vertical bar
+            spans their range (min to max).
     Returns the objective lines drawn (baseline markers are separate artists with gid 'baseline').
     """
     df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
@@ -176,7 +176,10 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
             o = sub[sub["objective"] == obj]
             if o.empty:
                 continue
-            o = o.groupby(x)["value"].mean().sort_index()
+            groups = o.groupby(x)["value"]
+            o = groups.mean().sort_index()
+            if spread:
+                _spread_bars(ax, groups, colours.get(obj), objective_offset(ax, obj))
             xs = [plot_x(p) for p in o.index]
             ys = [float(v) for v in o.values]
             if front is not None:
@@ -195,6 +198,15 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
         points = sorted(set(df[x])) if not df.empty and x in df else None
         style_stitching_axes(ax, points)
     return lines
+
+
+def _spread_bars(ax, groups, colour, transform=None) -> None:
+    """Vertical bars from the minimum to the maximum of each group with more than one value (seeds)."""
+    lo, hi, n = groups.min(), groups.max(), groups.count()
+    several = n[n > 1].index
+    if len(several):
+        ax.vlines([plot_x(p) for p in several], lo[several], hi[several], colors=colour, linewidth=1.0, alpha=0.6,
+                  transform=transform if transform is not None else ax.transData, gid="spread")
 
 
 EvalStyles = Mapping[str, str]  # eval name -> linestyle, e.g. {"test": "-", "test/pgd": "--"}
@@ -224,7 +236,7 @@ def stitching_grid(rows, baselines=None, *, row_key: str = "alpha", col_key: str
                    eval_labels: Mapping[str, str] | None = None, objectives: Sequence[str] | None = None,
                    metric: str = "accuracy", row_label: Callable[[object], str] | None = None,
                    col_label: Callable[[object], str] | None = None, title: str | None = None,
-                   ylabel: str = "accuracy (%)", panel_size=(2.6, 2.1), ylim=(0, 100)):
+                   ylabel: str = "accuracy (%)", panel_size=(2.6, 2.1), ylim=(0, 100), spread: bool = False):
     """The Fig. 4/5/8 layout: a grid of stitching plots, rows by `row_key` (alpha), columns by `col_key`
     (front/end robustness pair, shortcut kind); in each panel one colour per objective and one line style
     per evaluation (clean solid, robust or shortcut dashed).
@@ -236,6 +248,7 @@ def stitching_grid(rows, baselines=None, *, row_key: str = "alpha", col_key: str
             NaN in it) matches every row / column of the grid.
         eval_styles: {eval name: linestyle}, or a function of the column value giving one (for shortcut
             kinds, whose evaluation is named after the kind). Default {"test": "-"}.
+        spread: bars over the seeds' range at each point (stitching_plot).
     Returns (fig, axes) with axes a 2-D array [rows, cols].
     """
     import matplotlib.pyplot as plt
@@ -266,7 +279,7 @@ def stitching_grid(rows, baselines=None, *, row_key: str = "alpha", col_key: str
                     b = {r: float(bsel[bsel["role"] == r]["value"].mean()) if (bsel["role"] == r).any() else None
                          for r in ("front", "end")}
                 stitching_plot(ax, panel, metric=metric, eval_name=e, objectives=objectives, baselines=b,
-                               linestyle=ls)
+                               linestyle=ls, spread=spread)
             if ylim is not None:
                 ax.set_ylim(*ylim)
             if i == 0:
@@ -287,17 +300,24 @@ def stitching_grid(rows, baselines=None, *, row_key: str = "alpha", col_key: str
 
 
 def lines_by(ax, df: pd.DataFrame, *, x: str, y: str = "value", hue: str, order: Sequence | None = None,
-             linestyle: str = "-", colours: Mapping | None = None, x_of: Callable | None = None, label_suffix=""):
-    """One line per `hue` value (y against x, sorted by x, mean over duplicates). Returns the lines."""
+             linestyle: str = "-", colours: Mapping | None = None, x_of: Callable | None = None, label_suffix="",
+             spread: bool = False):
+    """One line per `hue` value (y against x, sorted by x, mean over duplicates; with `spread`, a bar over the
+    duplicates' range, e.g. stitch seeds). Returns the lines."""
     order = list(order) if order is not None else list(dict.fromkeys(df[hue]))
     palette = dict(zip(order, [f"C{i}" for i in range(len(order))]))
     palette.update(colours or {})
     lines = []
     for h in order:
-        s = df[df[hue] == h].groupby(x)[y].mean().sort_index()
+        groups = df[df[hue] == h].groupby(x)[y]
+        s = groups.mean().sort_index()
         if s.empty:
             continue
         xs = [x_of(v) if x_of else v for v in s.index]
+        if spread:
+            lo, hi = groups.min().sort_index(), groups.max().sort_index()
+            keep = (groups.count().sort_index() > 1).to_numpy()
+            ax.vlines(np.asarray(xs)[keep], lo[keep], hi[keep], colors=palette[h], linewidth=1.0, alpha=0.6, gid="spread")
         (line,) = ax.plot(xs, s.values, marker="o", markersize=3, linestyle=linestyle, color=palette[h],
                           label=f"{h}{label_suffix}")
         lines.append(line)
@@ -306,7 +326,8 @@ def lines_by(ax, df: pd.DataFrame, *, x: str, y: str = "value", hue: str, order:
 
 def similarity_figure(cka: pd.DataFrame, functional: pd.DataFrame, *, pair_order: Sequence[str],
                       functional_styles: EvalStyles = None, functional_labels: Mapping[str, str] | None = None,
-                      functional_title: str = "(b) FuLA with the last hint only\n(stitched-model accuracy)"):
+                      functional_title: str = "(b) FuLA with the last hint only\n(stitched-model accuracy)",
+                      spread: bool = False):
     """Fig. 6: (a) penultimate-layer CKA between the end model and the DM-initialised stitched model on
     adversarial examples; (b) the last-hint-only FuLA stitch's accuracy. One line per robustness pair.
 
@@ -317,14 +338,14 @@ def similarity_figure(cka: pd.DataFrame, functional: pd.DataFrame, *, pair_order
     functional_styles = functional_styles or {"test/pgd": "--"}
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.4))
     if len(cka):
-        lines_by(a, cka, x="front_point", hue="pair", order=pair_order, x_of=plot_x)
+        lines_by(a, cka, x="front_point", hue="pair", order=pair_order, x_of=plot_x, spread=spread)
     a.set_title("(a) CKA at the penultimate layer\n(DM-initialised stitch vs end model, adversarial inputs)", fontsize=9)
     a.set_ylabel("linear CKA")
     a.set_ylim(0, 1.02)
     for e, ls in functional_styles.items():
         sub = functional[(functional["eval"] == e) & (functional["metric"] == "accuracy")] if len(functional) else functional
         if len(sub):
-            lines_by(b, sub, x="front_point", hue="pair", order=pair_order, x_of=plot_x, linestyle=ls)
+            lines_by(b, sub, x="front_point", hue="pair", order=pair_order, x_of=plot_x, linestyle=ls, spread=spread)
     b.set_title(functional_title, fontsize=9)
     b.set_ylabel("accuracy (%)")
     b.set_ylim(0, 100)
@@ -495,60 +516,6 @@ def class_subset_seed_spread(axes, rows, *, row_key: str = "task", row_values: S
         for j, col in enumerate(cols):
             panel = sub if col == "mean" else sub[sub["front_point"] == col]
             seed_spread(axes[i, j], panel, x="k", x_of=None, objectives=objectives, eval_name=eval_name, metric=metric)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Baselines and the Fig. 6 CKA (small analyses the figures need)
-
-
-@torch.no_grad()
-def stitched_activation(model, x: torch.Tensor, point: int) -> torch.Tensor:
-    """Activation of a `stitching.StitchedModel` h = g_{>j} o T o f_{<=i} at the end model's stitch point
-    `point` (>= j): T's output itself at point j, else g's activation at that later point. Run with the
-    job's own BatchNorm statistics in eval mode, exactly as h's forward."""
-    job = model.job
-    if not job.end_point <= point < NUM_STITCH_POINTS:
-        raise IndexError(f"point {point} is not at or after the stitch's end point {job.end_point}")
-    with model._job_bn():
-        a = model.stitch(model.front.activations_upto(x, job.front_point))
-        if point == job.end_point:
-            return a
-        return model.end.activations_from(a, job.end_point)[point - job.end_point - 1]
-
-
-@torch.no_grad()
-def end_activation(end, x: torch.Tensor, point: int) -> torch.Tensor:
-    with eval_mode(end):
-        return end.activations_upto(x, point)
-
-
-def adversarial_cka(stitcher, job, spec, point: int = NUM_STITCH_POINTS - 1, batch_size: int = 500) -> float:
-    """Fig. 6a: linear CKA between the stitched model's and the end model's activations at `point` (the
-    penultimate layer by default) on inputs attacked against the stitched model (`spec`: an EvalSpec with
-    an attack; clean inputs when its attack is None). Cached in the stitcher's store."""
-    from .experiments import attack_inputs
-
-    key = {"stitch": stitcher.key(job), "eval": spec, "point": point, "what": "adversarial_cka", "version": 1}
-
-    def compute(_ckpt):
-        outcome = stitcher.outcomes([job])[0]
-        if outcome.error:
-            return {"cka": float("nan")}
-        model = outcome.model(stitcher.front, stitcher.end, stitcher.cfg.resize)
-        model.eval()
-        data = spec.data.load(stitcher.device, stitcher.data_dir)
-        x = attack_inputs(model, data, spec)
-        h = torch.cat([stitched_activation(model, xb, point) for xb in x.split(batch_size)])
-        g = torch.cat([end_activation(stitcher.end, xb, point) for xb in x.split(batch_size)])
-        return {"cka": metrics.linear_cka(h.float(), g.float())}
-
-    return float(stitcher.store.get_or_compute("adversarial_cka", key, compute)["cka"])
-
-
-def last_hint_weights(end_point: int) -> tuple[float, ...]:
-    """FuLA weights with every term 0 but the last hint (paper Fig. 6): (0, ..., 0, 1), 9 - j terms."""
-    n = NUM_STITCH_POINTS - end_point
-    return tuple([0.0] * (n - 1) + [1.0])
 
 
 def nan_safe_mean(values: Iterable[float]) -> float:

@@ -62,6 +62,20 @@ def test_stitching_plot_without_baselines_and_subset_of_objectives():
     assert np.allclose(lines[0].get_ydata(), [20, 24, 28])
 
 
+def test_stitching_plot_spread_over_seeds():
+    rows = [dict(r, seed=s, value=r["value"] + 2 * s) for s in (0, 1, 2) for r in fake_rows()]
+    fig, ax = plt.subplots()
+    lines = plots.stitching_plot(ax, rows, spread=True)
+    assert np.allclose(lines[0].get_ydata(), [52, 56, 60])  # SLM: the mean over seeds
+    bars = [c for c in ax.collections if c.get_gid() == "spread"]
+    assert len(bars) == 4  # one set of bars per objective
+    (segment, *_) = bars[0].get_segments()
+    assert np.allclose(segment[:, 1], [50, 54])  # SLM at point 0: the seeds give 50, 52, 54
+    fig2, ax2 = plt.subplots()
+    plots.stitching_plot(ax2, fake_rows(), spread=True)  # a single seed: no bars
+    assert not [c for c in ax2.collections if c.get_gid() == "spread"]
+
+
 def test_stitching_plot_handles_nan_and_empty():
     rows = fake_rows()
     for r in rows:
@@ -157,40 +171,7 @@ def test_robustness_pairs_and_selection_helpers():
     assert plots.select(df, objective=["slm"], eval="test").shape[0] == 6
     with pytest.raises(KeyError):
         plots.select(df, nope=1)
-    assert plots.last_hint_weights(8) == (1.0,) and plots.last_hint_weights(5) == (0.0, 0.0, 0.0, 1.0)
     assert plots.nan_safe_mean([1.0, float("nan"), 3.0]) == 2.0
-
-
-def test_stitched_activation_matches_forward():
-    torch.manual_seed(0)
-    front = models.build("resnet18", 4, in_channels=3, width=4).eval()
-    end = models.build("resnet18", 4, in_channels=3, width=4).eval()
-    x = torch.rand(6, 3, 16, 16)
-    data = ImageSet((x * 255).to(torch.uint8), torch.arange(6) % 4, tuple("abcd"), "synthetic/train")
-    job = StitchJob(3, 3, "dm")
-    (outcome,) = stitching.train_stitches(front, end, [job], data, StitchConfig(epochs=0, batch_size=4, lstsq_samples=6), progress=False)
-    h = outcome.model(front, end)
-    a3 = plots.stitched_activation(h, x, 3)
-    assert torch.allclose(a3, h.stitch(front.activations_upto(x, 3)))
-    a8 = plots.stitched_activation(h, x, 8)
-    assert torch.allclose(end.head(a8), h(x), atol=1e-5)  # the penultimate activation feeds the logits
-    with pytest.raises(IndexError):
-        plots.stitched_activation(h, x, 2)
-
-
-def test_adversarial_cka_cached(tmp_path):
-    store = ResultStore(tmp_path)
-    cfg = TrainConfig(dataset="synthetic", width=4, epochs=1, batch_size=64, lr=0.05, seed=0)
-    st = Stitcher(store, cfg, cfg, StitchConfig(epochs=0, batch_size=32, lstsq_samples=32), DataSpec("synthetic", "train", subset=64),
-                  "cpu", progress=False)
-    clean = EvalSpec(DataSpec("synthetic", "test", subset=32))
-    attacked = EvalSpec(DataSpec("synthetic", "test", subset=32), attack="pgd", eps=0.1, pgd_step=0.05, pgd_steps=2)
-    # self-stitching at the penultimate layer with the least-squares stitch is (nearly) the identity
-    assert plots.adversarial_cka(st, StitchJob(8, 8, "dm"), clean) == pytest.approx(1.0, abs=1e-3)
-    value = plots.adversarial_cka(st, StitchJob(4, 4, "dm"), attacked)
-    assert 0.0 <= value <= 1.0 + 1e-9
-    assert plots.adversarial_cka(st, StitchJob(4, 4, "dm"), attacked) == value  # from the cache
-    assert len(list((tmp_path / "adversarial_cka").glob("*.pt"))) == 2
 
 
 def test_baseline_table(tmp_path):
