@@ -55,6 +55,9 @@ class Profile:
     iri_samples: int | None = None  # training images inverted per stitch point (None = all)
     iri_points: tuple[int, ...] = tuple(range(9))  # stitch points of the invariance-aware figures
     iri_front_seeds: tuple[int, ...] = (1, 2, 3)  # paper 2: 3 front seeds paired with end seed 0
+    # notebook 05: stitch seeds repeated for every front seed (data order, least-squares sample, PGD starts; the
+    # IRIs and stitch data follow the front seed). Stitch seed 0 = the authors' runs (the stitch seeded by its front's)
+    iri_stitch_seeds: tuple[int, ...] = (0,)
     # the self-supervised (cross-supervision) front of paper 2: simclr.SimCLRConfig holds the authors' recipe
     simclr_epochs: int = 200  # pre-training epochs (the authors' ss_epochs); the linear probe runs as many
     simclr_train_subset: int | None = None  # pre-train and probe on this many training images (None = all)
@@ -166,6 +169,7 @@ PROFILES: dict[str, Profile] = {
         class_subset_ks=(1, 2, 5, 10), cross_layer_points=(0, 2, 4, 6, 8),
         cross_layer_objectives=("hint", "fula"), iri_steps=40, iri_step_size=4 / 255, iri_samples=256,
         iri_points=(1, 4, 7), iri_front_seeds=(1,),
+        iri_stitch_seeds=(0, 1, 2),
         # SimCLR front (the authors' recipe, shortened): 6 pre-training + 6 probe epochs on 8k images, LR drops at
         # 1/2 and 3/4 as the base models. Measured at width 8, one thread, seed 1, on the full test set: linear
         # probe 74.5% for 280-310 CPU s (pre-training 240-265 s, probe 40 s). Alternatives: the authors' drops at
