@@ -167,6 +167,20 @@ class Results:
         df = getattr(self, testbed)
         return df[df.metric == metric].drop(columns=["scores"])
 
+    def adversarial_panels(self) -> pd.DataFrame:
+        """The adversarial figure's rows: agreement on clean and on AutoAttack test inputs, one panel row each
+        (and per stitch-training share alpha)."""
+        names = {"agreement": "clean", "autoattack_agreement": "AutoAttack"}
+        d = self.adv[self.adv.metric.isin(list(names))].drop(columns=["scores"])
+        return d.assign(row=[f"{names[m]} test inputs, alpha {a:g}" for m, a in zip(d.metric, d.alpha)])
+
+    def shortcut_panels(self) -> pd.DataFrame:
+        """The shortcut figure's rows: excess agreement, and plain agreement for Rand (its excess is zero by
+        construction: its noise patches carry no class)."""
+        d = self.shortcut.drop(columns=["scores"])
+        keep = (d.metric == "excess_agreement") & (d.marker != "Rand") | (d.metric == "agreement_correct") & (d.marker == "Rand")
+        return d[keep]
+
     def cka_vs_ifula(self) -> pd.DataFrame:
         """CKA on real data and on IRIs beside I-FuLA (chance-normalised, / 100: one 0-1 scale)."""
         ifula = self.info[(self.info.data == "iri") & (self.info.objective_name == "FuLA")
