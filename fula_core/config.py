@@ -210,7 +210,9 @@ PROFILES: dict[str, Profile] = {
                ("05", "invariance-aware stitches: 8 epochs of batch 32 at lr 1e-2 on those 256 images (real and IRIs) at points "
                       "2, 5, 8, scored on 500 test images; adversarial testbed at point 8, clean stitch training only, "
                       "AutoAttack on 100 test images; shortcut testbed at point 5"),
-               ("05", "one front seed (1) instead of the authors' three (1, 2, 3); the robust models are paper 1's "
+               ("05", "one front seed (1) instead of the authors' three (1, 2, 3): a second costs more base-model time than "
+                      "quick affords; instead every stitch repeats over 3 stitch seeds (data order, least-squares sample), "
+                      "so intervals cover the stitch-training noise but not the front models'; the robust models are paper 1's "
                       "(paper2_adv_mode='loss_mix')"),
                ("08", "colour models: ResNet18 width 8 on 3k images x 2 epochs; stitches at points 5 and 8 on 192 Correlated "
                       "images (IRIs: 40 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 400 test images"),
