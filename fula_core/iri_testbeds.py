@@ -208,14 +208,14 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
     """Train what is missing (cached: IRI sets, stitch rows) and evaluate every testbed of `plan_`."""
     from . import invariance, shortcuts, toy, zoo
     from . import invariance_figures as figs
-    from .experiments import DataSpec
+    from .experiments import DataSpec, stitch_train_spec
     from .stitching import predict
 
     pl = plan_ if plan_ is not None else plan(P)
     model = lambda cfg: zoo.get_zoo_model(store, cfg, device, data_dir=data_dir, progress=progress)  # noqa: E731
-    load = lambda split, subset, shortcut=None, seed=0: DataSpec(  # noqa: E731
-        P.end_dataset, split, subset=subset, shortcut=shortcut, seed=seed).load(device, data_dir)
-    test = load("test", P.iri_eval_subset)
+    # the stitch data of a front seed: the profile's standard stitch training subset, drawn with that seed
+    train_of = lambda s, shortcut=None: stitch_train_spec(P, shortcut=shortcut, seed=s).load(device, data_dir)  # noqa: E731
+    test = DataSpec(P.end_dataset, "test", subset=P.iri_eval_subset).load(device, data_dir)
     end = model(pl.end_cfg)
     bank = figs.IRIBank(store, steps=P.iri_steps, step_size=P.iri_step_size, samples=P.iri_samples, seed=IRI_SEED,
                         progress=progress)
@@ -229,13 +229,13 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
         return models[key]
 
     # the stitch data of each front seed; the cross-bias pair is scored on the same test images with markers
-    train_real = {s: load("train", P.stitch_train_subset, seed=s) for s in pl.front_seeds}
+    train_real = {s: train_of(s) for s in pl.front_seeds}
     marked_test = {s: shortcuts.add_shortcut(test, P.cross_bias_shortcut, seed=s + 1, layout_seed=s)
                    for s in pl.front_seeds}
 
     def info_data(pair, s):
         if pair == "cross-bias":
-            return load("train", P.stitch_train_subset, P.cross_bias_shortcut, seed=s), marked_test[s]
+            return train_of(s, P.cross_bias_shortcut), marked_test[s]
         return train_real[s], test
 
     # fronts: what each learned (the cross-bias front with and without its markers), per test image
@@ -279,7 +279,7 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
     short_rows = []
     for s, fc in pl.shortcut_fronts.items():
         for marker, kind in MARKERS.items():
-            data = load("train", P.stitch_train_subset, kind, seed=s)
+            data = train_of(s, kind)
             iris = bank.get(name(fc), fc, get(fc), data, pl.shortcut_points, "shortcut")
             score_markers = lambda stitched, job, kind=kind, s=s: invariance.excess_agreement_eval(  # noqa: E731
                 stitched, end, test, kind, seed=SHORTCUT_TEST_SEED, layout_seed=s)  # the layout the stitch trained with
