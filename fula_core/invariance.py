@@ -37,7 +37,8 @@ from .shortcuts import add_shortcut
 from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, predict, relative_error, result_row, train_stitches
 from .store import NO_CHECKPOINT, Checkpointer, ResultStore
 
-INVARIANCE_VERSION = 1  # part of every cache key: bump when a change here alters IRIs or stitch rows
+INVARIANCE_VERSION = 2  # part of every cache key: bump when a change here alters IRIs or stitch rows
+# 2: stitch rows keep every test image's score ("<measure>_scores" tensors) for the paired bootstraps of claims.py
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Identically represented inputs
@@ -233,11 +234,17 @@ def iri_stitch_config(cfg: StitchConfig, bn_mode: str = "eval") -> StitchConfig:
 
 
 def score_stitch(model: nn.Module, test: ImageSet, end_logits: torch.Tensor, num_classes: int) -> dict:
-    """Accuracy, agreement probability with the end model and chance-normalised agreement on `test`."""
+    """Accuracy, agreement probability with the end model and chance-normalised agreement on `test`, as means
+    and per test image ("<measure>_scores": CPU float32 tensors [N] in percent, in the order of `test`;
+    tensors, not numpy arrays, because the store loads with torch.load(weights_only=True))."""
     logits = predict(model, test)
-    agreement = metrics.agreement_probability(logits, end_logits)
+    correct = (logits.argmax(1) == test.labels.to(logits.device)).float().mul(100).cpu()
+    agree = metrics.agreement_per_sample(logits, end_logits).float().cpu()
+    agreement = float(agree.double().mean())
     return {"accuracy": metrics.accuracy(logits, test.labels), "agreement": agreement,
-            "chance_normalised_agreement": metrics.chance_normalised_agreement(agreement, num_classes)}
+            "chance_normalised_agreement": metrics.chance_normalised_agreement(agreement, num_classes),
+            "accuracy_scores": correct, "agreement_scores": agree,
+            "chance_normalised_agreement_scores": metrics.chance_normalised_agreement(agree, num_classes)}
 
 
 def invariance_aware_stitching(front, end, points: Sequence[int],
@@ -323,13 +330,17 @@ def excess_agreement_eval(stitched: nn.Module, end: nn.Module, test: ImageSet, k
     c - 1's marker, as the authors'), and the difference (excess agreement, in percentage points). Both
     models see the same marked image. seed: the markers' per-image draws; layout_seed: the class layout,
     the one the stitch was trained with (its data's DataSpec.seed).
+    Per test image too ("<measure>_scores", CPU float32 tensors [N]): the excess of an image is its agreement
+    with the correct markers minus its agreement with the shifted ones (the same image under both).
     """
     test = test.to(next(end.parameters()).device)
     scores = {}
     for name, shift in (("agreement_correct", 0), ("agreement_shifted", 1)):
         marked = add_shortcut(test, kind, seed=seed, shift=shift, layout_seed=layout_seed)
-        scores[name] = metrics.agreement_probability(predict(stitched, marked), predict(end, marked))
+        per_image = metrics.agreement_per_sample(predict(stitched, marked), predict(end, marked)).float().cpu()
+        scores[name], scores[f"{name}_scores"] = float(per_image.double().mean()), per_image
     scores["excess_agreement"] = metrics.excess_agreement(scores["agreement_correct"], scores["agreement_shifted"])
+    scores["excess_agreement_scores"] = scores["agreement_correct_scores"] - scores["agreement_shifted_scores"]
     return scores
 
 

@@ -120,7 +120,8 @@ def stitch_modes(store: ResultStore, front, end, points: Sequence[int], objectiv
 def autoattack_agreement(stitched, end, data: ImageSet, *, eps: float, n_iter: int, eot_iter: int,
                          batch_size: int = 250) -> dict:
     """AutoAttack ('rand': APGD-CE + APGD-DLR) examples of the stitched model on `data`: the stitched model's
-    robust accuracy and its agreement with the end model on those same examples (both in percent)."""
+    robust accuracy and its agreement with the end model on those same examples (both in percent, as means
+    and per image)."""
     device = next(end.parameters()).device
     data = data.to(device)
     s_logits, g_logits = [], []
@@ -130,8 +131,11 @@ def autoattack_agreement(stitched, end, data: ImageSet, *, eps: float, n_iter: i
             with torch.no_grad():
                 s_logits.append(stitched(adv).float()), g_logits.append(end(adv).float())
     s_logits, g_logits = torch.cat(s_logits), torch.cat(g_logits)
-    return {"autoattack_accuracy": metrics.accuracy(s_logits, data.labels),
-            "autoattack_agreement": metrics.agreement_probability(s_logits, g_logits)}
+    correct = (s_logits.argmax(1) == data.labels).float().mul(100).cpu()
+    agree = metrics.agreement_per_sample(s_logits, g_logits).float().cpu()
+    # per attacked image too (CPU float32 tensors [N], percent), for the paired bootstraps of the claims
+    return {"autoattack_accuracy": float(correct.double().mean()), "autoattack_agreement": float(agree.double().mean()),
+            "autoattack_accuracy_scores": correct, "autoattack_agreement_scores": agree}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,17 +183,23 @@ def _ordered(df, column, order):
     return [v for v in order if v in present] if order is not None else present
 
 
-def plot_panels(df, *, panel: str, y: str = "value", x: str = "point", rows: str | None = None,
+def plot_panels(df, *, panel: str, y: str = "value", x: str = "layer", rows: str | None = None,
                 hue: str = "objective_name", style: str | None = "data", panel_order=None, row_order=None,
                 hue_order=None, ylabel: str = "", chance: float | None = None, ylim=None, title: str | None = None):
     """One panel per value of `panel` (columns) and of `rows` (rows): `y` against `x` for every `hue` (colour)
     and `style` (solid real data, dashed IRIs). Rows sharing (panel, row, hue, style, x), e.g. the front
-    seeds, are drawn as their mean with a min-max band. NaNs (stopped stitches) are left out.
+    and stitch seeds, are drawn as their mean with a min-max band. NaNs (stopped stitches) are left out.
+    x: "layer" (the paper's 1..9, the default) or a 0-based "point" column, shown as the paper's numbers.
     Returns the figure."""
     import matplotlib.pyplot as plt
 
     if df.empty:
         raise ValueError("nothing to plot: the table is empty")
+    if x == "layer" and "layer" not in df and "point" in df:
+        df = df.assign(layer=df.point.map(plots.plot_x))
+    elif x == "point":  # 0-based points are drawn at the paper's numbers
+        df = df.assign(layer=df.point.map(plots.plot_x))
+        x = "layer"
     panels = _ordered(df, panel, panel_order)
     row_values = [None] if rows is None else _ordered(df, rows, row_order)
     hues = _ordered(df, hue, hue_order)
@@ -232,7 +242,7 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "point", rows: str
             heading = str(panel_value) if rows is None else f"{panel_value}\n{row_value}"
             ax.set_title(heading, fontsize="medium")
             if i == len(row_values) - 1:
-                ax.set_xlabel("stitch point")
+                ax.set_xlabel("stitch point (1-9)")
             if j == 0:
                 ax.set_ylabel(ylabel)
             ax.set_xticks(xs)
@@ -259,12 +269,14 @@ def plot_iri_errors(table, title: str | None = None):
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for n, ((front, source), d) in enumerate(table.groupby(["front", "source"], sort=False)):
         d = d.sort_values("point")
+        layer = d.point.map(plots.plot_x)  # the paper's 1..9
         colour = f"C{n % 10}"
         marker = source.split("+", 1)[1].split("[")[0] if "+" in source else None
         label = front if marker is None or f"+{marker} markers" in front else f"{front} ({marker} markers in x)"
-        ax.plot(d.point, d.final_error, "o-", color=colour, label=label)
-        ax.plot(d.point, d.initial_error, ":", color=colour, alpha=0.6)
-    ax.set(xlabel="stitch point", ylabel="relative error", ylim=(0, None), xticks=sorted(table.point.unique()))
+        ax.plot(layer, d.final_error, "o-", color=colour, label=label)
+        ax.plot(layer, d.initial_error, ":", color=colour, alpha=0.6)
+    ax.set(xlabel="stitch point (1-9)", ylabel="relative error", ylim=(0, None),
+           xticks=sorted(table.point.map(plots.plot_x).unique()))
     ax.set_title(title or "IRI inversion error (solid: IRIs, dotted: noise start)", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -279,7 +291,7 @@ def plot_iri_examples(source: ImageSet, iris: Mapping[int, invariance.IRIs], n: 
     points = sorted(iris)
     n = min(n, len(source))
     fig, axes = plt.subplots(n, len(points) + 1, figsize=(1.3 * (len(points) + 1), 1.3 * n + 0.4), squeeze=False)
-    columns = [("source x", source.images)] + [(f"IRI @ point {p}", iris[p].images) for p in points]
+    columns = [("source x", source.images)] + [(f"IRI @ point {plots.plot_x(p)}", iris[p].images) for p in points]
     for c, (heading, images) in enumerate(columns):
         for r in range(n):
             img = images[r].cpu()

@@ -184,7 +184,12 @@ def test_iri_runs_train_on_iris_with_eval_bn_and_real_init(model, sets, iris, tm
     n_calls = len(calls)
     cached = invariance.invariance_aware_stitching(other, model, [5], ["fula"], sets[0], iris, sets[1], cfg,
                                                    store=store, key="other->model", progress=False)
-    assert len(calls) == n_calls and cached == rows  # from the store, nothing trained
+    assert len(calls) == n_calls  # from the store, nothing trained
+    assert [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in cached] == \
+        [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in rows]
+    for r, c in zip(rows, cached):  # per-image scores (tensors) for the claims' paired bootstraps
+        assert torch.equal(r["agreement_scores"], c["agreement_scores"]) and len(r["agreement_scores"]) == len(sets[1])
+        assert r["agreement"] == pytest.approx(float(r["agreement_scores"].double().mean()), abs=1e-4)
 
     with pytest.raises(KeyError, match="no IRI set for stitch point"):
         invariance.invariance_aware_stitching(other, model, [6], ["fula"], sets[0], iris, sets[1], cfg, progress=False)

@@ -199,5 +199,12 @@ def test_plot_panels_spreads_series_at_a_single_point():
     df = df[df.point == 4]
     fig = figs.plot_panels(df, panel="pair", y="agreement")
     xs = sorted(float(line.get_xdata()[0]) for line in fig.axes[0].get_lines() if line.get_label() != "chance")
-    assert len(set(xs)) == 4 and min(xs) > 3.5 and max(xs) < 4.5
+    assert len(set(xs)) == 4 and min(xs) > 4.5 and max(xs) < 5.5  # 0-based point 4 is the paper's layer 5
     assert len(fig.axes[0].collections) == 4  # a min-max bar per series
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["5"]
+
+
+def test_figures_number_stitch_points_as_the_paper():
+    fig = figs.plot_panels(_grid(), panel="pair", y="agreement")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2", "5", "8"]  # points 1, 4, 7
+    assert fig.axes[0].get_xlabel() == "stitch point (1-9)"
