@@ -39,7 +39,7 @@ import torch
 from . import metrics
 from .config import Profile, get_profile
 from .crosslayer import OBJECTIVE_LABELS, eval_spec, train_spec
-from .experiments import DataSpec, EvalSpec, Stitcher, baseline_rows, robust_eval_spec
+from .experiments import EvalSpec, Stitcher, baseline_rows, robust_eval_spec
 from .models import build, eval_mode
 from .stitching import OBJECTIVES, StitchJob, relative_error
 from .store import ResultStore, _canonical
@@ -163,7 +163,7 @@ class Explorer:
         cka (linear CKA of f_{<=i} and g_{<=j} on the test subset), end_accuracy (%), error. Nothing trains
         unless train_if_missing; the numbers that are not available are NaN.
         """
-        front_cfg, end_cfg = self._cfg(front_id), self._cfg(end_id)
+        end_cfg = self._cfg(end_id)
         job = self._job(front_id, end_id, i, j, objective)
         out = {"front": front_id, "end": end_id, "front_point": job.front_point, "end_point": job.end_point,
                "front_layer": self.points_of(front_id)[job.front_point],

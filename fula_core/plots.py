@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -494,9 +493,3 @@ def last_hint_weights(end_point: int) -> tuple[float, ...]:
     """FuLA weights with every term 0 but the last hint (paper Fig. 6): (0, ..., 0, 1), 9 - j terms."""
     n = NUM_STITCH_POINTS - end_point
     return tuple([0.0] * (n - 1) + [1.0])
-
-
-def nan_safe_mean(values: Iterable[float]) -> float:
-    v = np.array([float(x) for x in values], dtype=float)
-    v = v[~np.isnan(v)]
-    return float(v.mean()) if len(v) else float("nan")

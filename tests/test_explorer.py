@@ -14,7 +14,6 @@ matplotlib.use("Agg")
 from fula_core import experiments, invariance, models
 from fula_core.crosslayer import eval_spec
 from fula_core.explorer import Explorer, activation_cka, format_html, point_label
-from fula_core.stitching import StitchJob
 from fula_core.store import ResultStore
 
 from test_crosslayer import CONFIGS, tiny_profile

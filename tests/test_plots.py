@@ -158,7 +158,6 @@ def test_robustness_pairs_and_selection_helpers():
     with pytest.raises(KeyError):
         plots.select(df, nope=1)
     assert plots.last_hint_weights(8) == (1.0,) and plots.last_hint_weights(5) == (0.0, 0.0, 0.0, 1.0)
-    assert plots.nan_safe_mean([1.0, float("nan"), 3.0]) == 2.0
 
 
 def test_stitched_activation_matches_forward():
