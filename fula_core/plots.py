@@ -78,6 +78,12 @@ def plot_x(point: int) -> int:
     return int(point) + 1
 
 
+def point_label(point: int, name: str | None = None) -> str:
+    """A stitch point as the papers number it, with its layer name where there is room: '5 · layer2.1' for
+    0-based index 4 (every figure, table and the explorer use this numbering)."""
+    return str(plot_x(point)) if name is None else f"{plot_x(point)} · {name}"
+
+
 def label_rows(rows: Iterable[Mapping], **columns) -> list[dict]:
     """Copies of tidy rows with extra columns (task=..., pair=...) that tell testbeds apart."""
     return [{**r, **columns} for r in rows]
