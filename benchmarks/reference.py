@@ -40,8 +40,7 @@ if str(ROOT) not in sys.path:
 from fula_core import attacks  # noqa: E402
 from fula_core.data import DATASET_INFO, ImageSet  # noqa: E402
 from fula_core.models import build  # noqa: E402
-from fula_core.stitching import (StitchConfig, StitchJob, objective_loss, fula_loss, lstsq_init,  # noqa: E402
-                                 relative_error, slm_loss)
+from fula_core.stitching import StitchConfig, StitchJob, lstsq_init, objective_loss  # noqa: E402
 from fula_core.train import TrainConfig  # noqa: E402
 
 

@@ -31,6 +31,7 @@ from .config import Profile
 from .data import ImageSet, load
 from .experiments import DataSpec
 from .invariance_figures import IRIBank, front_name, plot_panels, stitch_modes
+from .plots import plot_x
 from .stitching import StitchConfig, predict
 from .store import ResultStore
 from .train import TrainConfig, get_model
@@ -332,9 +333,9 @@ def plot_colour(rows: list[dict], chance: float = 10.0):
     (top) and Shape test (bottom); colour = objective, solid real data, dashed IRIs."""
     from .invariance_figures import to_long
 
-    df = table(rows)
+    df = table(rows).assign(point=lambda d: d.point.map(plot_x))  # the paper's 1..9
     long = to_long(df, {"agreement_correlated": "Correlated test", "agreement_shape": "Shape test"},
-                   ["sender", "objective_name", "data", "point"])
+                   ["sender", "objective_name", "objective", "data", "point"])
     return plot_panels(long, panel="sender", rows="measure", panel_order=list(SENDERS),
                        row_order=["Correlated test", "Shape test"], ylabel="agreement with receiver (%)",
                        chance=chance, ylim=(0, 103))
@@ -343,6 +344,21 @@ def plot_colour(rows: list[dict], chance: float = 10.0):
 def plot_capacity(rows: list[dict], families: tuple[str, ...], chance: float = 10.0):
     """Agreement with the end model against the stitch point: one panel per pair (columns) and stitch family
     (rows); HLM and FuLA, solid real data, dashed IRIs."""
-    df = table(rows)
+    df = table(rows).assign(point=lambda d: d.point.map(plot_x))  # the paper's 1..9
     return plot_panels(df, panel="pair", rows="family", y="agreement", panel_order=list(PAIRS), row_order=list(families),
                        ylabel="agreement (%)", chance=chance, ylim=(0, 103))
+
+
+def check_structure(rows: dict, pl: Plan) -> None:
+    """Every colour row (senders x data x objectives x points) and capacity row (pairs x front seeds x
+    families x data x objectives x points) exists; raises a clear error otherwise. Stitches that stopped on a
+    non-finite loss are rows too (NaN scores, which the claims drop): they are listed, not hidden."""
+    n_colour = len(SENDERS) * 2 * len(OBJECTIVES) * len(pl.points)
+    n_capacity = (len(PAIRS) * len(pl.profile.iri_front_seeds) * len(pl.families) * 2 * len(CAPACITY_OBJECTIVES)
+                  * len(pl.capacity_points))
+    for part, n in (("colour", n_colour), ("capacity", n_capacity)):
+        if len(table(rows[part])) != n:
+            raise ValueError(f"beyond {part}: expected {n} rows, got {len(table(rows[part]))}")
+    stopped = [r["job"] for part in ("colour", "capacity") for r in rows[part] if r["error"]]
+    print(f"{n_colour} colour and {n_capacity} capacity rows; {len(stopped)} stitches stopped on a non-finite loss"
+          + (f": {stopped[:5]}" if stopped else ""))

@@ -289,3 +289,19 @@ def summary(path) -> str:
             f"{int(counts.get('CONTRADICTED', 0))} contradicted, {int(counts.get('INCONCLUSIVE', 0))} inconclusive "
             f"({per_nb}); {len(others)} project targets and sanity checks: "
             f"{int((others.verdict == 'HOLDS').sum())} hold")
+
+
+def judge_proportions(claim: Claim, a: float, n_a: int, b: float, n_b: int | None = None, *, shift: float = 0.0,
+                      n_boot: int = N_BOOT, level: float = LEVEL, rng_seed: int = 0) -> Verdict:
+    """For accuracies kept only as percentages (a Table 1 row, an explorer lookup): A = a% of n_a images,
+    B = b% of n_b images, or a fixed threshold b when n_b is None. Resampling n images with replacement from
+    a 0/1 score vector is a binomial draw, so this is the image bootstrap of `judge` without the pairing
+    (wider than a paired one when A and B share images). `shift` is added to A (a tolerance: "A + 2 > B")."""
+    rng = np.random.default_rng(rng_seed)
+    da = rng.binomial(int(n_a), a / 100, n_boot) / int(n_a) * 100 + shift
+    db = np.full(n_boot, float(b)) if n_b is None else rng.binomial(int(n_b), b / 100, n_boot) / int(n_b) * 100
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(da - db, [tail, 100 - tail])
+    value_a = float(a) + shift
+    return Verdict(claim, value_a, float(b), value_a - float(b), float(low), float(high), int(n_a),
+                   "images (unpaired)" if n_b is not None else "images")

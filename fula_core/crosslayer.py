@@ -16,19 +16,23 @@ whole grid of a pair (and the sweep, for the pair it runs on) is one job list.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
 import numpy as np
 
+from . import claims as claims_lib
 from .config import Profile
 from .experiments import DataSpec, EvalSpec, Stitcher, clean_eval_spec, stitch_train_spec
 from .models import NUM_STITCH_POINTS
+from .plots import OBJECTIVE_LABELS, plot_x
 from .stitching import OBJECTIVES, StitchJob
+
+NOTEBOOK = "04_cross_layer"
 
 PAIR_KINDS = ("self", "same", "cross")
 PAIR_TITLES = {"self": "self-stitching", "same": "same-task", "cross": "cross-task"}
-OBJECTIVE_LABELS = {"slm": "SLM", "tlm": "TLM", "hlm": "HLM", "hint": "Hint", "fula": "FuLA", "dm": "DM"}
 # paper figure names per architecture: Fig 10 is the main architecture (P.archs[0]); App. B.4 has all three
 APPENDIX_FIGURES = {"resnet18_noskip": "fig28_cross_layer_resnet18_noskip", "resnet18": "fig29_cross_layer_resnet18",
                     "resnet34": "fig30_cross_layer_resnet34"}
@@ -160,14 +164,19 @@ def run(store, P: Profile, device, jobs_by_pair: dict[str, list[StitchJob]], *, 
     return pd.DataFrame(rows)
 
 
-def run_profile(store, P: Profile, device, objectives: Sequence[str], *, data_dir=None, progress: bool = True):
+def run_profile(store, P: Profile, device, objectives: Sequence[str], *, data_dir=None, progress: bool = True,
+                check: bool = True):
     """The whole notebook grid: every pair kind for every architecture of the profile, the FuLA sweep on the
-    self pair of the main architecture only (Fig. 11 shows that one). One DataFrame, as `run` returns."""
+    self pair of the main architecture only (Fig. 11 shows that one). One DataFrame, as `run` returns;
+    `check_structure` raises when a cell or sweep step has no accuracy."""
     import pandas as pd
 
     frames = [run(store, P, device, plan(P, objectives, sweep_on="self" if arch == P.archs[0] else None),
                   arch=arch, data_dir=data_dir, progress=progress) for arch in P.archs]
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    if check:
+        check_structure(df, P, objectives)
+    return df
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,6 +229,26 @@ def self_accuracy_table(df, points: Sequence[int], objectives: Sequence[str], pa
     return pd.DataFrame(rows)
 
 
+def self_accuracy_tables(df, P: Profile, objectives: Sequence[str]):
+    """`self_accuracy_table` for every architecture of the profile, one DataFrame with an `arch` column."""
+    import pandas as pd
+
+    return pd.concat([self_accuracy_table(df[df.arch == arch], P.cross_layer_points, objectives).assign(arch=arch)
+                      for arch in P.archs], ignore_index=True)
+
+
+def plan_summary(P: Profile, objectives: Sequence[str]):
+    """What the notebook runs: one row per pair kind (front and end model, stitches of the main architecture),
+    the FuLA sweep's pairs in the paper's 1..9 numbering."""
+    import pandas as pd
+
+    jobs = plan(P, objectives)
+    sweep = ", ".join(f"{plot_x(i)}->{plot_x(j)}" for i, j in sweep_pairs(P.cross_layer_points))
+    return pd.DataFrame([{"pair": PAIR_TITLES[kind], "front": front, "end": end, "stitches": len(jobs[kind]),
+                          "FuLA sweep": sweep if kind == "self" else ""}
+                         for kind, (front, end) in pair_ids(P).items()])
+
+
 def plot_heatmaps(df, points: Sequence[int], objectives: Sequence[str], pairs: Sequence[str] = PAIR_KINDS,
                   *, title: str | None = None, metric: str = "accuracy"):
     """Fig. 10: one heatmap per pair (rows) and objective (columns), cells annotated, Self-Accuracy in titles."""
@@ -242,8 +271,8 @@ def plot_heatmaps(df, points: Sequence[int], objectives: Sequence[str], pairs: S
                     if not np.isnan(m[a, b]):
                         ax.text(b, a, f"{m[a, b]:.0f}", ha="center", va="center", fontsize=font,
                                 color="white" if m[a, b] < 60 else "black")
-            ax.set_xticks(range(len(points)), [str(p) for p in points])
-            ax.set_yticks(range(len(points)), [str(p) for p in points])
+            ax.set_xticks(range(len(points)), [str(plot_x(p)) for p in points])  # the paper's 1..9
+            ax.set_yticks(range(len(points)), [str(plot_x(p)) for p in points])
             sa, sa_avg = self_accuracy(m), self_accuracy(symmetrize(m))
             ax.set_title(f"{OBJECTIVE_LABELS.get(obj, obj)}\nSelf-Acc {_pct(sa)} ({_pct(sa_avg)})", fontsize=9)
             if c == 0:
@@ -283,20 +312,6 @@ def sweep_table(df, pairs: Sequence[tuple[int, int]], pair: str = "self"):
     return out.sort_values(["_order", "n_terms"]).drop(columns="_order").reset_index(drop=True)
 
 
-def sweep_sequences(table) -> dict[tuple[int, int], list[float]]:
-    """(front, end) -> accuracies ordered by the number of hint terms."""
-    return {(int(i), int(j)): list(g.sort_values("n_terms").accuracy)
-            for (i, j), g in table.groupby(["front_point", "end_point"])}
-
-
-def rises_smoothly(seq: Sequence[float], tolerance: float = SMOOTH_TOLERANCE) -> bool:
-    """The last value is above the first and no step drops by more than `tolerance` points."""
-    seq = list(seq)
-    if len(seq) < 2 or any(math.isnan(v) for v in seq):
-        return False
-    return seq[-1] > seq[0] and all(b >= a - tolerance for a, b in zip(seq, seq[1:]))
-
-
 def plot_sweep(table, *, end_accuracy: float | None = None, title: str | None = None):
     """Fig. 11: stitched accuracy against the deepest FuLA term switched on, one line per front -> end pair
     (deep -> shallow solid, shallow -> deep dashed)."""
@@ -308,14 +323,14 @@ def plot_sweep(table, *, end_accuracy: float | None = None, title: str | None = 
         g = g.sort_values("n_terms")
         deep = i > j
         colour = spans.setdefault((min(i, j), max(i, j)), len(spans))
-        ax.plot(g.deepest_point, g.accuracy, marker="o" if deep else "s", mfc=f"C{colour}" if deep else "white",
-                linestyle="-" if deep else "--", color=f"C{colour}",
-                label=f"[{i}→{j}] {'deep→shallow' if deep else 'shallow→deep'}")
+        ax.plot([plot_x(p) for p in g.deepest_point], g.accuracy, marker="o" if deep else "s",
+                mfc=f"C{colour}" if deep else "white", linestyle="-" if deep else "--", color=f"C{colour}",
+                label=f"[{plot_x(i)}→{plot_x(j)}] {'deep→shallow' if deep else 'shallow→deep'}")
     if end_accuracy is not None:
         ax.axhline(end_accuracy, color="grey", linestyle=":", label="end model")
     ax.set_xlabel("deepest FuLA hint switched on (end-model stitch point)")
     ax.set_ylabel("stitched clean accuracy (%)")
-    ax.set_xticks(range(NUM_STITCH_POINTS))
+    ax.set_xticks([plot_x(p) for p in range(NUM_STITCH_POINTS)])  # the paper's 1..9
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
@@ -333,52 +348,233 @@ def figure_names(P: Profile, arch: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The claims of §3.3 / App. B.4: each returns (holds, the numbers behind it)
+# The claims of §3.3 / App. B.4, each a claims.Verdict with a 95% interval
+#
+# Every stitch of one architecture ends in the same end model and is scored on the same test images, so
+# every interval is a paired bootstrap over those images. Where the claim compares stitch accuracies
+# (directionality, the sweep) it is claims.judge on the per-image scores; where it compares a number
+# derived from whole matrices (Self-Accuracy, the largest drop of a sweep) each resample recomputes the
+# matrices from the resampled images and the number from them. Cross-layer stitches have one seed (the
+# profile's stitch seed), so the only source is "images".
 
 
-def averaging_helps(table, pairs: Sequence[str] = ("self",)) -> tuple[bool, str]:
-    """Averaged (non-directional) Self-Accuracy >= directional for every objective of `pairs`
-    (a row of self_accuracy_table each)."""
-    sel = table[table.pair.isin(list(pairs))]
-    holds = bool(len(sel)) and bool((sel.self_accuracy_averaged >= sel.self_accuracy).all())
-    detail = "; ".join(f"{r.pair}/{OBJECTIVE_LABELS.get(r.objective, r.objective)}: {_pct(r.self_accuracy)} -> "
-                       f"{_pct(r.self_accuracy_averaged)}" for r in sel.itertuples())
-    return holds, detail
+def _scores(df):
+    """The per-image score arrays of `df`'s rows; a clear error for rows read back from a CSV (no scores)."""
+    if "scores" not in df.columns:
+        raise ValueError("the cross-layer claims need the per-image `scores` of crosslayer.run's rows; a table read "
+                         "back from CSV has none: rerun crosslayer.run_profile (everything is cached)")
+    return df["scores"]
 
 
-def is_directional(table, objective: str = "fula") -> tuple[bool, str]:
-    """Deep -> shallow beats shallow -> deep in most layer pairs (pooled over the pair kinds of `table`),
-    with a positive mean difference."""
-    sel = table[table.objective == objective]
-    pairs, wins = int(sel.layer_pairs.sum()), int(sel.deep_to_shallow_wins.sum())
-    weighted = float((sel.deep_minus_shallow * sel.layer_pairs).sum() / pairs) if pairs else float("nan")
-    holds = pairs > 0 and wins > pairs / 2 and weighted > 0
-    detail = (f"{OBJECTIVE_LABELS.get(objective, objective)}: M[i,j] > M[j,i] (i deeper) in {wins} of {pairs} "
-              f"layer pairs, mean difference {weighted:+.1f} points; "
-              + "; ".join(f"{r.pair}: {r.deep_to_shallow_wins}/{r.layer_pairs}, {r.deep_minus_shallow:+.1f}"
-                          for r in sel.itertuples()))
-    return holds, detail
+def _n_images(df) -> int:
+    lengths = {len(x) for x in _scores(df)}
+    if len(lengths) != 1:
+        raise ValueError(f"the rows score different numbers of test images {sorted(lengths)}: the claims need "
+                         f"every stitch scored on the same images")
+    return lengths.pop()
 
 
-def _seq_text(seqs) -> str:
-    return "; ".join(f"[{i}->{j}] " + " -> ".join(f"{v:.1f}" for v in s) for (i, j), s in seqs.items())
+def cells(df, pair: str, objective: str, points: Sequence[int], metric: str = "accuracy") -> np.ndarray:
+    """The per-image scores behind `matrix`: [front point, end point, image] (NaN where a stitch is missing)."""
+    sel = df[(df.pair == pair) & (df.objective == objective) & (df.metric == metric) & ~df.sweep]
+    index = {p: n for n, p in enumerate(points)}
+    out = np.full((len(points), len(points), _n_images(df)), np.nan)
+    for i, j, x in zip(sel.front_point, sel.end_point, _scores(sel)):
+        if i in index and j in index:
+            out[index[i], index[j]] = np.asarray(x, dtype=float)
+    return out
 
 
-def sweep_rises(sweep, tolerance: float = SMOOTH_TOLERANCE) -> tuple[bool, str]:
-    """Every deep -> shallow sweep (more than one term) rises smoothly as deeper hints are switched on."""
-    seqs = sweep_sequences(sweep)
-    deep = {p: s for p, s in seqs.items() if p[0] > p[1] and len(s) > 1}
-    holds = bool(deep) and all(rises_smoothly(s, tolerance) for s in deep.values())
-    return holds, f"accuracy by number of hint terms (smooth = no drop > {tolerance:g} points): {_seq_text(seqs)}"
+def bootstrap_derived(blocks: Sequence[np.ndarray], statistic, *, n_boot: int = claims_lib.N_BOOT,
+                      level: float = claims_lib.LEVEL, rng_seed: int = 0) -> tuple[float, float, float, float]:
+    """A paired image bootstrap of a statistic of per-image means.
+
+    blocks: arrays [..., images] of per-image scores on the same images; statistic(means) -> (A, B) takes the
+    list of their means over images (same shapes without the last axis). Each resample draws one set of image
+    indices for every block (as multinomial counts, so a resample is a matrix product). Returns
+    (A, B, ci_low, ci_high) of A - B."""
+    flat = [b.reshape(-1, b.shape[-1]) for b in blocks]
+    n_img = flat[0].shape[1]
+    a, b = statistic([f.mean(1).reshape(bl.shape[:-1]) for f, bl in zip(flat, blocks)])
+    rng = np.random.default_rng(rng_seed)
+    draws = []
+    for start in range(0, n_boot, 250):  # in chunks: [images, resamples] of counts stays small
+        k = min(250, n_boot - start)
+        counts = rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=k).T / n_img  # [images, k]
+        means = [f @ counts for f in flat]  # [cells, k]
+        for r in range(k):
+            ra, rb = statistic([m[:, r].reshape(bl.shape[:-1]) for m, bl in zip(means, blocks)])
+            draws.append(ra - rb)
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    return float(a), float(b), float(low), float(high)
 
 
-def sweep_directional(sweep) -> tuple[bool, str]:
-    """With every hint switched on, each deep -> shallow sweep pair ends above its shallow -> deep reverse."""
-    seqs = sweep_sequences(sweep)
+def _verdict(claim, a, b, low, high, n) -> claims_lib.Verdict:
+    return claims_lib.Verdict(claim, a, b, a - b, low, high, n, "images")
+
+
+def _claim(cid: str, statement: str, a: str, b: str, figure: str, kind: str = "paper") -> claims_lib.Claim:
+    return claims_lib.Claim(cid, NOTEBOOK, figure, statement, a, b, kind)
+
+
+def _mean_self_accuracy(matrices, averaged: bool) -> float:
+    """Mean Self-Accuracy (in percent) over matrices, of the averaged measure or the directional one."""
+    return 100 * float(np.mean([self_accuracy(symmetrize(m) if averaged else m) for m in matrices]))
+
+
+def claim_averaging_finds_layers(df, points: Sequence[int], objectives: Sequence[str], pairs: Sequence[str] = ("self",),
+                                 *, cid: str = "averaged_self_accuracy_self", figure: str = "Fig 10") -> claims_lib.Verdict:
+    """Fig. 10 (§3.3): under the non-directional measure (M + M^T) / 2 corresponding layers are found more
+    often than under the directional one, in self-stitching.
+
+    A: the averaged measure's Self-Accuracy, B: the directional Self-Accuracy, both in percent and averaged
+    over `objectives` and `pairs`. Interval: paired bootstrap over test images (each resample recomputes every
+    matrix from the resampled images, then both Self-Accuracies)."""
+    blocks = [cells(df, p, o, points) for p in pairs for o in objectives]
+    stat = lambda ms: (_mean_self_accuracy(ms, True), _mean_self_accuracy(ms, False))  # noqa: E731
+    where = "self-stitching" if tuple(pairs) == ("self",) else "every pair (" + ", ".join(pairs) + ")"
+    claim = _claim(cid, f"{where}: averaging both stitching directions finds corresponding layers more often "
+                        f"than the directional measure", "averaged Self-Accuracy (%)", "directional Self-Accuracy (%)",
+                   figure)
+    return _verdict(claim, *bootstrap_derived(blocks, stat), _n_images(df))
+
+
+def claim_averaging_every_setting(df, points: Sequence[int], objectives: Sequence[str],
+                                  pairs: Sequence[str] = PAIR_KINDS) -> claims_lib.Verdict:
+    """App. B.4 (Figs 28-30): averaging both directions raises Self-Accuracy in every setting, not only in
+    self-stitching. A and B as in `claim_averaging_finds_layers`, pooled over every pair kind and objective;
+    interval: paired bootstrap over test images."""
+    return claim_averaging_finds_layers(df, points, objectives, pairs, cid="averaged_self_accuracy_all_pairs",
+                                        figure="Figs 10, 28-30")
+
+
+def _direction_units(df, objective: str, direction: str, pairs: Sequence[str] = PAIR_KINDS):
+    """Per-image scores [stitches, images] of the off-diagonal grid stitches deep -> shallow (front point
+    deeper) or shallow -> deep, sorted so that a stitch and its reverse sit in the same row."""
+    sel = df[df.pair.isin(list(pairs)) & (df.objective == objective) & (df.metric == "accuracy") & ~df.sweep]
+    deep = sel.front_point > sel.end_point
+    sel = sel[deep if direction == "deep->shallow" else (sel.front_point < sel.end_point)]
+    lo, hi = np.minimum(sel.front_point, sel.end_point), np.maximum(sel.front_point, sel.end_point)
+    sel = sel.assign(_lo=lo, _hi=hi).sort_values(["pair", "_lo", "_hi"])
+    if not len(sel):
+        raise ValueError(f"no {direction} {objective} stitches in the rows: the grid needs at least two points")
+    return np.stack([np.asarray(x, dtype=float) for x in _scores(sel)])
+
+
+def claim_fula_directional(df, objective: str = "fula", pairs: Sequence[str] = PAIR_KINDS) -> claims_lib.Verdict:
+    """§3.3 / Fig. 10: FuLA is directional: deep -> shallow stitches (front point i deeper than end point j)
+    score higher than the reverse shallow -> deep ones.
+
+    A: mean accuracy of every deep -> shallow grid stitch of `objective` over `pairs`, B: the same for their
+    reverses. Interval: paired bootstrap over test images."""
+    a = _direction_units(df, objective, "deep->shallow", pairs)
+    b = _direction_units(df, objective, "shallow->deep", pairs)
+    name = OBJECTIVE_LABELS.get(objective, objective)
+    claim = _claim(f"{objective}_directional", f"{name} is directional: deep->shallow stitches score higher than "
+                   "shallow->deep ones", "deep->shallow accuracy (%)", "shallow->deep accuracy (%)", "Fig 10")
+    return claims_lib.judge(claim, a, b)
+
+
+def _sweep_scores(df, points: Sequence[int], pair: str = "self") -> dict[tuple[int, int], np.ndarray]:
+    """(front, end) -> per-image accuracy of its sweep stitches [n_terms, images], fewest terms first, for
+    every swept pair of `points` (sweep_pairs; the last step is the uniform FuLA stitch of the grid)."""
+    sel = df[(df.pair == pair) & (df.objective == "fula") & (df.metric == "accuracy") & df.n_terms.notna()]
+    out = {}
+    for i, j in sweep_pairs(points):
+        g = sel[(sel.front_point == i) & (sel.end_point == j)].sort_values("n_terms")
+        if len(g):
+            out[i, j] = np.stack([np.asarray(x, dtype=float) for x in _scores(g)])
+    if not out:
+        raise ValueError(f"no FuLA sweep rows on the {pair} pair: run the plan with sweep_on={pair!r}")
+    return out
+
+
+def claim_sweep_rises(df, points: Sequence[int], pair: str = "self") -> claims_lib.Verdict:
+    """Fig. 11: switching on the deeper FuLA hints raises deep -> shallow stitched accuracy.
+
+    A: accuracy of the deep -> shallow sweep stitches with every hint on, B: the same stitches with the hint
+    at the stitch point only (one term), pooled over the swept pairs. Interval: paired bootstrap over images."""
+    seqs = {p: s for p, s in _sweep_scores(df, points, pair).items() if p[0] > p[1] and len(s) > 1}
+    if not seqs:
+        raise ValueError("no deep->shallow sweep with more than one hint term")
+    claim = _claim("sweep_deeper_hints_raise", "switching on deeper FuLA hints raises deep->shallow accuracy",
+                   "every hint on (%)", "hint at the stitch point only (%)", "Fig 11")
+    return claims_lib.judge(claim, np.stack([s[-1] for s in seqs.values()]), np.stack([s[0] for s in seqs.values()]))
+
+
+def _largest_drop(seqs) -> float:
+    """The largest fall of accuracy between two consecutive sweep steps (0 when every step rises)."""
+    return max([0.0] + [float(s[k] - s[k + 1]) for s in seqs for k in range(len(s) - 1)])
+
+
+def claim_sweep_smooth(df, points: Sequence[int], pair: str = "self", tolerance: float = SMOOTH_TOLERANCE) -> claims_lib.Verdict:
+    """Fig. 11: the deep -> shallow rise is smooth: no step of a sweep loses more than `tolerance` points.
+
+    A: the tolerance, B: the largest drop between two consecutive steps of any deep -> shallow sweep (A > B:
+    smooth). Interval: paired bootstrap over test images (each resample recomputes every step's accuracy)."""
+    seqs = [s for p, s in _sweep_scores(df, points, pair).items() if p[0] > p[1] and len(s) > 1]
+    if not seqs:
+        raise ValueError("no deep->shallow sweep with more than one hint term")
+    claim = _claim("sweep_rise_is_smooth", f"the deep->shallow sweep rises smoothly (no step drops more than "
+                   f"{tolerance:g} points)", "tolerance (points)", "largest drop between steps (points)", "Fig 11")
+    stat = lambda ms: (tolerance, _largest_drop(ms))  # noqa: E731
+    return _verdict(claim, *bootstrap_derived(seqs, stat), _n_images(df))
+
+
+def claim_sweep_directional(df, points: Sequence[int], pair: str = "self") -> claims_lib.Verdict:
+    """Fig. 11: deeper hints do not rescue shallow -> deep stitching: with every hint on, each swept
+    deep -> shallow pair stays above its shallow -> deep reverse.
+
+    A: accuracy of the deep -> shallow sweep stitches with every hint on, B: their reverses with every hint
+    on. Interval: paired bootstrap over test images."""
+    seqs = _sweep_scores(df, points, pair)
     both = [(i, j) for (i, j) in seqs if i > j and (j, i) in seqs]
-    holds = bool(both) and all(seqs[i, j][-1] > seqs[j, i][-1] for i, j in both)
-    detail = "; ".join(f"[{i}->{j}] {seqs[i, j][-1]:.1f} vs [{j}->{i}] {seqs[j, i][-1]:.1f}" for i, j in both)
-    return holds, detail
+    if not both:
+        raise ValueError("no swept pair was run in both directions")
+    claim = _claim("sweep_stays_directional", "with every FuLA hint on, deep->shallow stays above its "
+                   "shallow->deep reverse", "deep->shallow, every hint (%)", "shallow->deep, every hint (%)", "Fig 11")
+    return claims_lib.judge(claim, np.stack([seqs[p][-1] for p in both]), np.stack([seqs[j, i][-1] for i, j in both]))
+
+
+def claims(df, P: Profile, objectives: Sequence[str]) -> list[claims_lib.Verdict]:
+    """Every verdict of notebook 04: the Self-Accuracy claims per architecture, directionality when FuLA is
+    among the objectives, and the sweep's claims on the main architecture (the only one swept)."""
+    points = P.cross_layer_points
+    out = []
+    for arch in P.archs:
+        part = df[df.arch == arch]
+        pairs = [p for p in PAIR_KINDS if p in set(part.pair)]
+        found = [claim_averaging_finds_layers(part, points, objectives),
+                 claim_averaging_every_setting(part, points, objectives, pairs)]
+        if "fula" in objectives:
+            found.append(claim_fula_directional(part, pairs=pairs))
+        if len(P.archs) > 1:  # one id per architecture
+            found = [dataclasses.replace(v, claim=dataclasses.replace(v.claim, id=f"{v.claim.id}_{arch}")) for v in found]
+        out += found
+    main = df[df.arch == P.archs[0]]
+    return out + [claim_sweep_rises(main, points), claim_sweep_smooth(main, points), claim_sweep_directional(main, points)]
+
+
+def check_structure(df, P: Profile, objectives: Sequence[str]) -> None:
+    """Every heatmap cell of every architecture, pair and objective, and every sweep step, has a finite
+    accuracy; raises a clear error naming what is missing (a failed stitch is NaN)."""
+    missing = []
+    for arch in P.archs:
+        part = df[df.arch == arch]
+        for pair in PAIR_KINDS:
+            for obj in objectives:
+                m = matrix(part, pair, obj, P.cross_layer_points)
+                missing += [f"{arch} {pair} {obj} [{plot_x(P.cross_layer_points[a])}->{plot_x(P.cross_layer_points[b])}]"
+                            for a, b in zip(*np.where(~np.isfinite(m)))]
+    main = df[df.arch == P.archs[0]]
+    sweep = sweep_table(main, sweep_pairs(P.cross_layer_points))
+    expected = sum(len(sweep_weights(j)) for _, j in sweep_pairs(P.cross_layer_points))
+    if len(sweep) != expected or not sweep.accuracy.notna().all():
+        missing.append(f"FuLA sweep: {int(sweep.accuracy.notna().sum())} of {expected} steps have an accuracy")
+    if missing:
+        raise ValueError(f"cross-layer results incomplete ({len(missing)}): " + "; ".join(missing[:10])
+                         + " -- a NaN is a stitch that stopped on a non-finite loss; rerun to retrain missing ones")
 
 
 def end_accuracy(store, P: Profile, device, *, arch: str | None = None, configs: dict | None = None,

@@ -20,7 +20,7 @@ from .data import ImageSet, load
 from .models import StitchableResNet
 from .stitching import STITCHING_VERSION, StitchConfig, StitchJob, StitchOutcome, predict, train_stitches
 from .store import ResultStore
-from .train import TrainConfig, get_model
+from .train import get_model
 
 EXPERIMENTS_VERSION = 2  # 2: shortcut markers pasted per batch after augmentation, the authors' colours and layout
 # 2: evaluations keep every test image's score (correct or not, its agreement), for the paired bootstraps of claims.py

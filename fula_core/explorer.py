@@ -36,10 +36,11 @@ import math
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, plots
+from .plots import OBJECTIVE_LABELS
 from .config import Profile, get_profile
-from .crosslayer import OBJECTIVE_LABELS, eval_spec, train_spec
-from .experiments import DataSpec, EvalSpec, Stitcher, baseline_rows, robust_eval_spec
+from .crosslayer import eval_spec, train_spec
+from .experiments import EvalSpec, Stitcher, baseline_rows, robust_eval_spec
 from .models import build, eval_mode
 from .stitching import OBJECTIVES, StitchJob, relative_error
 from .store import ResultStore, _canonical
@@ -74,9 +75,7 @@ class OwnModel:
         return cls(name, dataset, h.hexdigest()[:16])
 
 
-def point_label(k: int, name: str) -> str:
-    """A stitch point as the papers number it: '5 · layer2.1' for 0-based index 4."""
-    return f"{k + 1} · {name}"
+point_label = plots.point_label  # '5 · layer2.1' for 0-based index 4: the papers' numbering, shared with every figure
 
 
 class Explorer:
@@ -163,13 +162,14 @@ class Explorer:
         cka (linear CKA of f_{<=i} and g_{<=j} on the test subset), end_accuracy (%), error. Nothing trains
         unless train_if_missing; the numbers that are not available are NaN.
         """
-        front_cfg, end_cfg = self._cfg(front_id), self._cfg(end_id)
+        end_cfg = self._cfg(end_id)
         job = self._job(front_id, end_id, i, j, objective)
         out = {"front": front_id, "end": end_id, "front_point": job.front_point, "end_point": job.end_point,
                "front_layer": self.points_of(front_id)[job.front_point],
                "end_layer": self.points_of(end_id)[job.end_point],
                "objective": objective, "job": job.name, "status": "", "accuracy": math.nan, "agreement": math.nan,
-               "cka": math.nan, "end_accuracy": math.nan, "error": ""}
+               "cka": math.nan, "end_accuracy": math.nan, "error": "",
+               "accuracy_scores": None, "end_accuracy_scores": None}  # per-image scores (0/100) for claims
         if not train_if_missing and not (self.model_cached(front_id) and self.model_cached(end_id)):
             out["status"] = "models not trained"
             return out
@@ -177,7 +177,8 @@ class Explorer:
         out["cka"] = self.cka(front_id, end_id, job.front_point, job.end_point)
         spec = eval_spec(self.P, end_cfg.dataset)
         base = baseline_rows(self.store, st.end, end_cfg, "end", [spec], self.device, self.data_dir)
-        out["end_accuracy"] = next(r["value"] for r in base if r["metric"] == "accuracy")
+        end_row = next(r for r in base if r["metric"] == "accuracy")
+        out["end_accuracy"], out["end_accuracy_scores"] = end_row["value"], end_row.get("scores")
         cached = self.store.has("stitch", st.key(job))
         if not cached and not train_if_missing:
             out["status"] = "not trained"
@@ -185,7 +186,8 @@ class Explorer:
         rows = st.evaluate([job], [spec])
         values = {r["metric"]: r["value"] for r in rows}
         out.update(status="cached" if cached else "trained", accuracy=values["accuracy"],
-                   agreement=values["agreement"], error=rows[0]["error"])
+                   agreement=values["agreement"], error=rows[0]["error"],
+                   accuracy_scores=next(r.get("scores") for r in rows if r["metric"] == "accuracy"))
         return out
 
     def cka(self, front_id: str, end_id: str, i: int, j: int) -> float:
@@ -327,14 +329,13 @@ class Explorer:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
 
-        from . import plots
 
         fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(10.5, 3.9), gridspec_kw={"width_ratios": [1, 1.35]})
         points, m = self.heatmap(front_id, end_id, objective)
         label = OBJECTIVE_LABELS.get(objective, objective)
         if np.isfinite(m).any():
             im = ax_h.imshow(m, vmin=0, vmax=100, cmap="viridis", origin="upper")
-            ticks = [str(p + 1) for p in points]
+            ticks = [point_label(p) for p in points]
             ax_h.set_xticks(range(len(points)), ticks, fontsize=7)
             ax_h.set_yticks(range(len(points)), ticks, fontsize=7)
             ax_h.set_xlabel("end point j (g)")
@@ -392,8 +393,8 @@ class Explorer:
         g_maps, order = _maps(info["end"], k)
         f_maps, f_order = _maps(info["front"], k)
         t_maps, _ = _maps(info["stitched"], k, order)
-        rows = [(f"f≤{job.front_point + 1}(x)", f_maps, f_order, None), ("T(f≤i(x))", t_maps, order, g_maps),
-                (f"g≤{job.end_point + 1}(x)", g_maps, order, g_maps)]
+        rows = [(f"f≤{point_label(job.front_point)}(x)", f_maps, f_order, None), ("T(f≤i(x))", t_maps, order, g_maps),
+                (f"g≤{point_label(job.end_point)}(x)", g_maps, order, g_maps)]
         for r, (name, maps, chans, scale_like) in enumerate(rows):
             for c in range(k):
                 a = fig.add_subplot(grid[r, c + 1])
@@ -407,7 +408,7 @@ class Explorer:
                     a.set_ylabel(name, fontsize=8)
         ax_e = fig.add_subplot(grid[:, k + 2])  # (column k + 1: room for its axis label)
         ks = sorted(info["errors"])
-        ax_e.bar([p + 1 for p in ks], [100 * info["errors"][p] for p in ks], color="tab:green")
+        ax_e.bar([plots.plot_x(p) for p in ks], [100 * info["errors"][p] for p in ks], color="tab:green")
         ax_e.set_xticks([p + 1 for p in ks])
         ax_e.set_xlabel("end point k ≥ j")
         ax_e.set_ylabel("relative error (%)")
@@ -681,3 +682,29 @@ def format_html(r: dict) -> str:
     body = "".join(f"<tr><td style='padding-right:1em;text-align:left'>{k}</td><td style='text-align:left'>"
                    f"<b>{v}</b></td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Notebook 06's verdict
+
+NOTEBOOK = "06_explorer"
+SELF_TOLERANCE = 2.0  # accuracy points self-stitching at one point may lose and still "keep" the end model's
+
+
+def claim_self_stitch_keeps_accuracy(self_result: dict, tolerance: float = SELF_TOLERANCE):
+    """Sanity: stitching a model to itself at the same point (the affine map can be the identity) keeps the
+    end model's accuracy within `tolerance` points. A: the stitched accuracy + tolerance, B: the end model's
+    accuracy, on the same test images (`Explorer.result` keeps both per-image scores). Interval: paired
+    bootstrap over those images."""
+    from . import claims as claims_lib
+
+    r = self_result
+    if r.get("accuracy_scores") is None or r.get("end_accuracy_scores") is None:
+        raise ValueError(f"{r.get('job')}: no per-image scores (status {r.get('status')!r}): look it up with "
+                         f"train_if_missing=True first")
+    claim = claims_lib.Claim("self_stitch_keeps_accuracy", NOTEBOOK, "explorer",
+                             f"self-stitching {r['end']} at point {r['front_point'] + 1} keeps its accuracy within "
+                             f"{tolerance:g} points", f"stitched accuracy + {tolerance:g} (%)", "end model accuracy (%)",
+                             "sanity")
+    a = np.asarray(r["accuracy_scores"], dtype=float) + tolerance
+    return claims_lib.judge(claim, a, np.asarray(r["end_accuracy_scores"], dtype=float))

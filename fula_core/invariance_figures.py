@@ -211,6 +211,10 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "layer", rows: str
     # a single stitch point: spread the series side by side so that equal values do not hide each other
     dodge = {key: (n - (len(series) - 1) / 2) * 0.6 / max(len(series), 1) for n, key in enumerate(series)} \
         if len(xs) == 1 else {key: 0.0 for key in series}
+    # one colour per fula_core objective in both papers: paper 2's "DM" is the trained hint objective, so it
+    # takes Hint's colour, not the closed-form dm's (rows carry the objective beside its display name)
+    colour_of = ({n: plots.OBJECTIVE_COLOURS.get(o) for n, o in zip(df[hue], df["objective"])}
+                 if hue == "objective_name" and "objective" in df.columns else {})
     handles = {}
     for i, row_value in enumerate(row_values):
         for j, panel_value in enumerate(panels):
@@ -228,7 +232,8 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "layer", rows: str
                     label = str(h) if s is None else f"{h} · {DATA_LABELS.get(s, s)}"
                     at = agg.index + dodge[h, s]
                     (line,) = ax.plot(at, agg["mean"], ls=DATA_STYLES.get(s, "-"), marker="o" if s != "iri" else "s",
-                                      ms=3.5, color=_colour(h, hues), label=label, mfc="white" if s == "iri" else None)
+                                      ms=3.5, color=colour_of.get(h) or _colour(h, hues), label=label,
+                                      mfc="white" if s == "iri" else None)
                     handles.setdefault(label, line)
                     if (agg["max"] > agg["min"]).any():
                         if len(xs) == 1:

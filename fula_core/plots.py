@@ -77,6 +77,12 @@ def plot_x(point: int) -> int:
     return int(point) + 1
 
 
+def point_label(point: int, name: str | None = None) -> str:
+    """A stitch point as the papers number it, with its layer name where there is room: '5 · layer2.1' for
+    0-based index 4 (every figure, table and the explorer use this numbering)."""
+    return str(plot_x(point)) if name is None else f"{plot_x(point)} · {name}"
+
+
 def label_rows(rows: Iterable[Mapping], **columns) -> list[dict]:
     """Copies of tidy rows with extra columns (task=..., pair=...) that tell testbeds apart."""
     return [{**r, **columns} for r in rows]
@@ -516,9 +522,3 @@ def class_subset_seed_spread(axes, rows, *, row_key: str = "task", row_values: S
         for j, col in enumerate(cols):
             panel = sub if col == "mean" else sub[sub["front_point"] == col]
             seed_spread(axes[i, j], panel, x="k", x_of=None, objectives=objectives, eval_name=eval_name, metric=metric)
-
-
-def nan_safe_mean(values: Iterable[float]) -> float:
-    v = np.array([float(x) for x in values], dtype=float)
-    v = v[~np.isnan(v)]
-    return float(v.mean()) if len(v) else float("nan")

@@ -44,7 +44,6 @@ STITCHING_VERSION = 2  # part of every cache key: bump when a change here alters
 # 2: the end model's target forward no longer updates any job's running statistics (train-BN bookkeeping fix)
 
 OBJECTIVES = ("tlm", "hlm", "slm", "dm", "hint", "fula")
-TRAINED_OBJECTIVES = ("tlm", "hlm", "slm", "hint", "fula")
 BN_MODES = ("train", "eval")
 REDUCTIONS = ("batch", "sample")
 LSTSQ_SOLVERS = ("exact", "authors")
@@ -854,7 +853,6 @@ def _per_job_eval_bn(layers: list[nn.Module], states: list[list[torch.Tensor]], 
     if not layers:
         yield
         return
-    jobs = len(states)
     n = [m.running_mean.numel() for m in layers]
     like = layers[0].running_mean
     mean = torch.stack([torch.cat(state[0::3]) for state in states])  # [J, sum C] (running stats are 1-D)

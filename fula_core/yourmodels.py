@@ -148,3 +148,44 @@ def describe(model) -> list[dict]:
 
     return [{"point": p, "shape": tuple(s), "family": activation_kind(s)}
             for p, s in zip(model.stitch_points, model.point_shapes())]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Notebook 07's verdicts
+
+NOTEBOOK = "07_your_models"
+
+
+def claim_iri_agree_less(results, objective: str):
+    """Paper 2 (§4, invariance-aware stitching): a stitch trained on the front model's IRIs agrees less with
+    the end model than one trained on real images, here for networks of other families (ViT, VGG).
+
+    A: agreement of the real-data stitches, B: of the IRI stitches, paired by (pair, front point, end point).
+    The rows keep only mean agreements, so the interval is a bootstrap over those paired points
+    (claims.judge_values), not over images."""
+    from . import claims as claims_lib
+
+    sel = results[results.objective == objective]
+    wide = sel.pivot_table(index=["pair", "front_point", "end_point"], columns="data", values="agreement")
+    if not {"real", "iri"} <= set(wide.columns) or wide[["real", "iri"]].isna().any().any():
+        raise ValueError(f"{objective}: every point needs a real-data and an IRI stitch row")
+    claim = claims_lib.Claim(f"{objective}_iri_agree_less", NOTEBOOK, "table", f"{objective}: IRI stitches agree less "
+                             "with the end model than real-data stitches", "real-data agreement (%)",
+                             "IRI agreement (%)", "paper")
+    return claims_lib.judge_values(claim, wide["real"].to_numpy(), wide["iri"].to_numpy())
+
+
+def claims(results, objectives=("fula", "slm")) -> list:
+    return [claim_iri_agree_less(results, o) for o in objectives]
+
+
+def check_structure(results, pairs: dict, nets: dict) -> None:
+    """A row per pair x point x objective x data mode, and the CNN -> ViT pair stitched feature maps into
+    tokens; raises a clear error otherwise."""
+    expected = sum(3 * 2 * 2 for _ in pairs)
+    if len(results) != expected or set(results.data) != {"real", "iri"}:
+        raise ValueError(f"expected {expected} stitch rows (pairs x 3 points x 2 objectives x real/IRI), got "
+                         f"{len(results)} with data modes {sorted(set(results.data))}")
+    families = {row["point"]: row["family"] for row in describe(nets["vit_tiny"])}
+    if "token" not in {families[p] for p in results[results.pair == "resnet->vit_tiny"].end_point}:
+        raise ValueError("the CNN -> ViT pair did not stitch into the ViT's tokens")

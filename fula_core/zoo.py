@@ -178,3 +178,74 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Notebook 00's verdicts: Table 1 keeps accuracies as percentages, so the intervals are the binomial image
+# bootstrap of claims.judge_proportions (clean accuracy on the whole test set, robust accuracy on the
+# profile's robust-evaluation subset). A model has one seed here: base-model seeds are not resampled.
+
+NOTEBOOK = "00_base_models"
+CLEAN_TARGET = 90.0  # % clean test accuracy of the Fashion-MNIST end model (the project's goal for quick)
+ROBUST_CLEAN_TARGET, ROBUST_PGD_TARGET = 75.0, 50.0  # % of its Madry-AT twin: clean, and PGD at the profile's eps
+
+
+def _test_sizes(table, profile: Profile) -> dict[str, tuple[int, int]]:
+    """Model -> (images behind its clean accuracy, images behind its robust accuracies)."""
+    sizes = {ds: len(load(ds, "test")) for ds in set(table.dataset)}
+    return {m: (sizes[ds], min(sizes[ds], profile.robust_eval_subset)) for m, ds in zip(table.model, table.dataset)}
+
+
+def _claim(cid: str, statement: str, a: str, b: str, kind: str):
+    from .claims import Claim
+
+    return Claim(cid, NOTEBOOK, "Table 1", statement, a, b, kind)
+
+
+def claims(table, profile: Profile) -> list:
+    """Notebook 00's verdicts from `zoo_table`: per clean/robust twin pair, the sanity claims that the robust
+    model is more robust (AutoAttack) and pays in clean accuracy, and that AutoAttack is at least as strong as
+    PGD on it; the project's targets for the Fashion-MNIST end model and its robust twin."""
+    from .claims import judge_proportions
+
+    n = _test_sizes(table, profile)
+    row = table.set_index("model")
+    out = []
+    for m in table.model[~table.robust]:
+        r = m + " robust"
+        if r not in row.index:
+            continue
+        out.append(judge_proportions(
+            _claim(f"robust_more_robust[{m}]", f"{r} resists AutoAttack better than {m}", f"{r} AutoAttack (%)",
+                   f"{m} AutoAttack (%)", "sanity"),
+            row.loc[r, "autoattack_accuracy"], n[r][1], row.loc[m, "autoattack_accuracy"], n[m][1]))
+        out.append(judge_proportions(
+            _claim(f"robust_pays_clean[{m}]", f"{r} pays for its robustness in clean accuracy", f"{m} clean (%)",
+                   f"{r} clean (%)", "sanity"),
+            row.loc[m, "accuracy"], n[m][0], row.loc[r, "accuracy"], n[r][0]))
+        out.append(judge_proportions(
+            _claim(f"autoattack_stronger[{r}]", f"{r}: AutoAttack finds more adversarial examples than PGD",
+                   "PGD accuracy (%)", "AutoAttack accuracy (%)", "sanity"),
+            row.loc[r, "pgd_accuracy"], n[r][1], row.loc[r, "autoattack_accuracy"], n[r][1]))
+    end_id = f"{profile.end_dataset}_{profile.seeds[0]}"
+    if profile.end_dataset == "fashion_mnist" and end_id in row.index:
+        out.append(judge_proportions(_claim(f"clean_target[{end_id}]", f"{end_id}: clean accuracy above "
+                                            f"{CLEAN_TARGET:g}%", "clean accuracy (%)", "target (%)", "target"),
+                                     row.loc[end_id, "accuracy"], n[end_id][0], CLEAN_TARGET))
+        r = end_id + " robust"
+        if r in row.index:
+            out.append(judge_proportions(_claim(f"robust_clean_target[{end_id}]", f"{r}: clean accuracy above "
+                                                f"{ROBUST_CLEAN_TARGET:g}%", "clean accuracy (%)", "target (%)", "target"),
+                                         row.loc[r, "accuracy"], n[r][0], ROBUST_CLEAN_TARGET))
+            out.append(judge_proportions(_claim(f"robust_pgd_target[{end_id}]", f"{r}: PGD accuracy above "
+                                                f"{ROBUST_PGD_TARGET:g}% at eps {row.loc[r, 'eps']:g}",
+                                                "PGD accuracy (%)", "target (%)", "target"),
+                                         row.loc[r, "pgd_accuracy"], n[r][1], ROBUST_PGD_TARGET))
+    return out
+
+
+def check_structure(table, profile: Profile) -> None:
+    """One Table 1 row per model of every architecture of the profile; raises a clear error otherwise."""
+    expected = set(table1_configs(profile))
+    if set(table.model) != expected or len(table) != len(expected):
+        raise ValueError(f"Table 1 should have one row per model {sorted(expected)}, has {list(table.model)}")

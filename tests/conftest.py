@@ -13,6 +13,6 @@ def one_thread():
 
 
 def pytest_configure(config):
-    # slow: whole runs through ./run_all.sh (seconds to minutes); ./run_tests.sh (and CI) runs them too,
-    # `-m "not slow"` leaves them out while iterating
-    config.addinivalue_line("markers", "slow: a whole run through ./run_all.sh; deselect with -m 'not slow'")
+    # slow: a test that takes more than ~20 s of single-threaded CPU (whole runs through ./run_all.sh, real
+    # trainings); ./run_tests.sh (and CI) runs them too, `-m "not slow"` leaves them out while iterating
+    config.addinivalue_line("markers", "slow: more than ~20 s of CPU single-threaded; deselect with -m 'not slow'")

@@ -67,13 +67,6 @@ def test_objective_choice():
         cl.heatmap_objectives(P, "fula,nope")
 
 
-def test_rises_smoothly():
-    assert cl.rises_smoothly([20, 30, 29, 50])
-    assert not cl.rises_smoothly([20, 60, 30, 70])  # a drop larger than the tolerance
-    assert not cl.rises_smoothly([50, 40])
-    assert not cl.rises_smoothly([50])
-
-
 def test_figure_names():
     assert cl.figure_names(get_profile("quick"), "resnet18") == ["fig10_cross_layer"]
     paper = get_profile("paper")
@@ -111,7 +104,11 @@ def test_tiny_grid_end_to_end(tmp_path, monkeypatch):
     sweep = cl.sweep_table(df, cl.sweep_pairs(P.cross_layer_points))
     assert list(sweep.n_terms) == [1, 2, 3, 4, 1, 2] and list(sweep.deepest_point) == [5, 6, 7, 8, 7, 8]
     assert list(sweep.direction[:4]) == ["deep->shallow"] * 4
-    assert set(cl.sweep_sequences(sweep)) == {(7, 5), (5, 7)}
+    verdicts = cl.claims(df, P, objectives)
+    assert [v.claim.id for v in verdicts] == ["averaged_self_accuracy_self", "averaged_self_accuracy_all_pairs",
+                                              "fula_directional", "sweep_deeper_hints_raise", "sweep_rise_is_smooth",
+                                              "sweep_stays_directional"]
+    assert all(v.verdict in ("HOLDS", "CONTRADICTED", "INCONCLUSIVE") and v.n == 64 for v in verdicts)
     fig = cl.plot_heatmaps(df, P.cross_layer_points, objectives, ("self", "same"), title="tiny")
     assert len(fig.axes) == 4 + 1  # heatmaps + colour bar
     assert "Self-Acc" in fig.axes[0].get_title()
@@ -126,25 +123,111 @@ def test_tiny_grid_end_to_end(tmp_path, monkeypatch):
     assert again.equals(df)
 
 
-def test_claim_helpers():
+# --- the claims, on synthetic rows with per-image scores -------------------------------------------
+
+N_IMAGES = 1000
+
+
+def _scores(rate: float, seed: int) -> dict:
+    """A stored evaluation whose accuracy is exactly `rate` percent, the correct images drawn at random."""
+    rng = np.random.default_rng(seed)
+    correct = np.zeros(N_IMAGES, dtype=bool)
+    correct[rng.permutation(N_IMAGES)[:round(rate / 100 * N_IMAGES)]] = True
+    return {"accuracy": 100 * correct.mean(), "agreement": 100 * correct.mean(), "correct": correct,
+            "agree": correct.astype(np.float32) * 100}
+
+
+def synthetic_rows(grid: dict, sweeps: dict = (), *, pair: str = "self", objective: str = "fula"):
+    """Tidy rows as crosslayer.run makes them: grid {(front, end): accuracy}, sweeps {(front, end): [accuracy
+    by number of terms]} (the last step is the grid's uniform FuLA stitch)."""
     import pandas as pd
 
-    table = pd.DataFrame([
-        {"pair": "self", "objective": "fula", "self_accuracy": 0.4, "self_accuracy_averaged": 1.0, "layer_pairs": 10,
-         "deep_to_shallow_wins": 8, "deep_minus_shallow": 12.0},
-        {"pair": "same", "objective": "fula", "self_accuracy": 0.6, "self_accuracy_averaged": 0.4, "layer_pairs": 10,
-         "deep_to_shallow_wins": 4, "deep_minus_shallow": -2.0}])
-    assert cl.averaging_helps(table)[0] and not cl.averaging_helps(table, ("self", "same"))[0]
-    holds, detail = cl.is_directional(table)
-    assert holds and "12 of 20" in detail and "+5.0" in detail
-    assert not cl.is_directional(table, "hint")[0]  # nothing to judge is not a pass
-    sweep = pd.DataFrame({"front_point": [6, 6, 6, 2, 2], "end_point": [2, 2, 2, 6, 6], "n_terms": [1, 2, 3, 1, 2],
-                          "accuracy": [20.0, 40.0, 60.0, 15.0, 18.0]})
-    assert cl.sweep_rises(sweep)[0] and cl.sweep_directional(sweep)[0]
-    sweep.loc[1, "accuracy"] = 70.0  # a jump up and a drop of 10 points: not smooth
-    assert not cl.sweep_rises(sweep)[0]
-    sweep.loc[4, "accuracy"] = 65.0
-    assert not cl.sweep_directional(sweep)[0]
+    from fula_core import experiments
+
+    rows, seed = [], 0
+    labels = dict(arch="resnet18", pair=pair, front_model="m1", end_model="m0", objective=objective, eval="test")
+    for (i, j), acc in grid.items():
+        seed += 1
+        rows += experiments.eval_rows(_scores(acc, seed), **labels, front_point=i, end_point=j, job=f"{i}-{j}",
+                                      n_terms=9 - j if objective == "fula" else None, sweep=False)
+    for (i, j), seq in dict(sweeps).items():
+        for k, acc in enumerate(seq[:-1], start=1):
+            seed += 1
+            rows += experiments.eval_rows(_scores(acc, seed), **labels, front_point=i, end_point=j,
+                                          job=f"{i}-{j}/{k}", n_terms=k, sweep=True)
+        seed += 1
+        rows += experiments.eval_rows(_scores(seq[-1], seed), **labels, front_point=i, end_point=j,
+                                      job=f"{i}-{j}", n_terms=len(seq), sweep=False)
+    return pd.DataFrame(rows)
+
+
+def grid_rows(m, points=(2, 6), **kw):
+    return synthetic_rows({(i, j): m[a][b] for a, i in enumerate(points) for b, j in enumerate(points)}, **kw)
+
+
+def test_bootstrap_derived_recomputes_the_statistic_on_resampled_images():
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 2, size=(2, 500)) * 100.0
+    a, b, lo, hi = cl.bootstrap_derived([block], lambda ms: (ms[0][0], ms[0][1]), n_boot=400)
+    assert (a, b) == pytest.approx(tuple(block.mean(1)))
+    assert lo < a - b < hi and hi - lo < 30
+
+
+def test_claim_averaging_finds_layers():
+    # holds: deep -> shallow beats the diagonal in row 0, the averaged measure restores it
+    v = cl.claim_averaging_finds_layers(grid_rows([[60, 20], [90, 70]]), (2, 6), ("fula",))
+    assert (v.value_a, v.value_b, v.verdict) == (100.0, 50.0, "HOLDS")
+    # contradicted: the directional diagonal wins everywhere, averaging moves row 0's maximum off it
+    v = cl.claim_averaging_finds_layers(grid_rows([[40, 35], [85, 90]]), (2, 6), ("fula",))
+    assert (v.value_a, v.value_b, v.verdict) == (50.0, 100.0, "CONTRADICTED")
+    # noise: every cell has the same accuracy, which cell wins a row is a matter of which images are drawn
+    v = cl.claim_averaging_finds_layers(grid_rows([[50, 50], [50, 50]]), (2, 6), ("fula",))
+    assert v.verdict == "INCONCLUSIVE" and v.sources == "images" and v.n == N_IMAGES
+    assert cl.claim_averaging_every_setting(grid_rows([[60, 20], [90, 70]]), (2, 6), ("fula",), ("self",)).verdict == "HOLDS"
+
+
+def test_claim_fula_directional():
+    assert cl.claim_fula_directional(grid_rows([[70, 40], [80, 70]])).verdict == "HOLDS"
+    v = cl.claim_fula_directional(grid_rows([[70, 80], [40, 70]]))
+    assert v.verdict == "CONTRADICTED" and (v.value_a, v.value_b) == (40.0, 80.0)
+    assert cl.claim_fula_directional(grid_rows([[70, 60], [60, 70]])).verdict == "INCONCLUSIVE"
+    with pytest.raises(ValueError, match="no deep->shallow fula stitches"):  # nothing to judge is an error, not a pass
+        cl.claim_fula_directional(grid_rows([[70, 60], [60, 70]], objective="hint"))
+
+
+def sweep_rows(deep, shallow):
+    """The sweep of points (2, 6): 6 -> 2 has 7 steps, 2 -> 6 has 3."""
+    return synthetic_rows({}, {(6, 2): deep, (2, 6): shallow})
+
+
+def test_claim_sweep_rises():
+    up = [20, 30, 40, 50, 60, 70, 80]
+    assert cl.claim_sweep_rises(sweep_rows(up, [30, 35, 40]), (2, 6)).verdict == "HOLDS"
+    assert cl.claim_sweep_rises(sweep_rows(up[::-1], [30, 35, 40]), (2, 6)).verdict == "CONTRADICTED"
+    assert cl.claim_sweep_rises(sweep_rows([50] * 7, [30, 35, 40]), (2, 6)).verdict == "INCONCLUSIVE"
+
+
+def test_claim_sweep_smooth():
+    v = cl.claim_sweep_smooth(sweep_rows([20, 30, 40, 50, 60, 70, 80], [30, 35, 40]), (2, 6))
+    assert v.verdict == "HOLDS" and v.value_b == 0.0
+    v = cl.claim_sweep_smooth(sweep_rows([20, 30, 40, 20, 60, 70, 80], [30, 35, 40]), (2, 6))
+    assert v.verdict == "CONTRADICTED" and v.value_b == pytest.approx(20)
+    # a drop of exactly the tolerance: the data cannot tell smooth from not
+    v = cl.claim_sweep_smooth(sweep_rows([20, 30, 40, 50, 48, 70, 80], [30, 35, 40]), (2, 6))
+    assert v.verdict == "INCONCLUSIVE" and v.value_b == pytest.approx(cl.SMOOTH_TOLERANCE)
+
+
+def test_claim_sweep_directional():
+    deep = [20, 30, 40, 50, 60, 70, 80]
+    assert cl.claim_sweep_directional(sweep_rows(deep, [30, 35, 40]), (2, 6)).verdict == "HOLDS"
+    assert cl.claim_sweep_directional(sweep_rows(deep, [30, 35, 90]), (2, 6)).verdict == "CONTRADICTED"
+    assert cl.claim_sweep_directional(sweep_rows(deep, [30, 35, 80]), (2, 6)).verdict == "INCONCLUSIVE"
+
+
+def test_claims_need_per_image_scores():
+    df = grid_rows([[60, 20], [90, 70]]).drop(columns="scores")
+    with pytest.raises(ValueError, match="per-image"):
+        cl.claim_averaging_finds_layers(df, (2, 6), ("fula",))
 
 
 def test_run_profile_sweeps_only_the_main_architecture(monkeypatch):
@@ -153,6 +236,6 @@ def test_run_profile_sweeps_only_the_main_architecture(monkeypatch):
     P = dataclasses.replace(get_profile("paper"), cross_layer_points=(0, 8))
     seen = {}
     monkeypatch.setattr(cl, "run", lambda store, P, dev, plan, arch, **k: seen.setdefault(arch, plan) and pd.DataFrame({"arch": [arch]}))
-    df = cl.run_profile(None, P, "cpu", ("fula",))
+    df = cl.run_profile(None, P, "cpu", ("fula",), check=False)
     assert list(df.arch) == list(P.archs)
     assert len(seen[P.archs[0]]["self"]) == 4 + 8 and all(len(seen[a]["self"]) == 4 for a in P.archs[1:])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fula_core import experiments, stitching
+from fula_core import experiments
 from fula_core.experiments import DataSpec, EvalSpec, Stitcher
 from fula_core.stitching import StitchConfig, StitchJob
 from fula_core.store import ResultStore

@@ -14,7 +14,6 @@ matplotlib.use("Agg")
 from fula_core import experiments, invariance, models
 from fula_core.crosslayer import eval_spec
 from fula_core.explorer import Explorer, activation_cka, format_html, point_label
-from fula_core.stitching import StitchJob
 from fula_core.store import ResultStore
 
 from test_crosslayer import CONFIGS, tiny_profile
@@ -158,6 +157,8 @@ def test_your_own_model_can_be_stitched(store):
 def test_widget_builds_and_trains_on_click(store, monkeypatch):
     pytest.importorskip("ipywidgets")
     ex = Explorer(store, tiny_profile(), "cpu", configs=CONFIGS, progress=False)
+    # the selection's stitch must be cached (an earlier test trains it; alone, this test trains it here)
+    ex.result("synthetic_1", "synthetic_0", 6, 3, "fula", train_if_missing=True)
     view = ex.view("synthetic_1", "synthetic_0", 6, 3, "fula")
     box, c = view.box, ex.controls
     assert {"front", "end", "front_point", "end_point", "objective", "image", "train", "status", "result",
@@ -165,7 +166,7 @@ def test_widget_builds_and_trains_on_click(store, monkeypatch):
     assert c["front"] in box.children[0].children and c["result"] in box.children
     assert c["front_point"].options[6] == ("7 · layer3.1", 6)
     fp, obj, button, shown = c["front_point"], c["objective"], c["train"], c["result"]
-    assert "from the cache" in shown.value and button.disabled  # trained by the first test
+    assert "from the cache" in shown.value and button.disabled
     assert c["views"].value.count("data:image/png;base64,") == 2  # overview + one image through the stitch
     assert button.layout.width == "max-content"  # the label is never cut off
     fp.value = 2

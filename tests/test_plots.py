@@ -9,10 +9,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from fula_core import experiments, models, plots, stitching  # noqa: E402
+from fula_core import experiments, models, plots  # noqa: E402
 from fula_core.data import ImageSet  # noqa: E402
-from fula_core.experiments import DataSpec, EvalSpec, Stitcher  # noqa: E402
-from fula_core.stitching import StitchConfig, StitchJob  # noqa: E402
+from fula_core.experiments import DataSpec, EvalSpec  # noqa: E402
 from fula_core.store import ResultStore  # noqa: E402
 from fula_core.train import TrainConfig  # noqa: E402
 
@@ -171,7 +170,6 @@ def test_robustness_pairs_and_selection_helpers():
     assert plots.select(df, objective=["slm"], eval="test").shape[0] == 6
     with pytest.raises(KeyError):
         plots.select(df, nope=1)
-    assert plots.nan_safe_mean([1.0, float("nan"), 3.0]) == 2.0
 
 
 def test_baseline_table(tmp_path):

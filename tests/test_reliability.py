@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import warnings
 
 import nbformat
 import numpy as np
