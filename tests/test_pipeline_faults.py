@@ -170,7 +170,7 @@ def test_sigterm_stops_every_worker_and_nothing_more_is_written(checkout):
 
 
 def _result_tables(root: pathlib.Path) -> dict[str, list[str]]:
-    return {p.name: sorted(p.read_text().splitlines()) for p in sorted((root / "results" / "smoke").glob("*.csv"))}
+    return {p.name: sorted(p.read_text().splitlines()) for p in sorted((root / "figures" / "smoke").glob("*.csv"))}
 
 
 @pytest.mark.slow
@@ -198,7 +198,7 @@ def test_killed_run_resumes_to_the_same_results(checkout):
             break
         time.sleep(0.5)
     assert _processes_with(f"FULA_REPO={checkout['copy']}") == []
-    assert not (killed / "results" / "smoke" / "table1_base_models.csv").exists()
+    assert not (killed / "figures" / "smoke" / "table1_base_models.csv").exists()
     done = subprocess.run(command + [str(killed)], env=_env(checkout), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     tables = _result_tables(clean)

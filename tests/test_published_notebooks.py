@@ -118,8 +118,8 @@ def test_saved_paths_display_relative_to_the_output_root(tmp_path, monkeypatch):
 
     monkeypatch.setenv("FULA_OUTPUT_DIR", str(tmp_path))
     p = paths.save_table(pd.DataFrame({"a": [1]}), "x", profile="quick", notebook="04")
-    assert p.exists() and p == tmp_path / "results" / "quick" / "x.csv"
-    assert repr(p) == "'results/quick/x.csv'" and str(tmp_path) not in repr(p)
+    assert p.exists() and p == tmp_path / "figures" / "quick" / "x.csv"
+    assert repr(p) == "'figures/quick/x.csv'" and str(tmp_path) not in repr(p)
 
 
 def test_readme_counts_come_from_the_committed_claims_csv():
