@@ -2,8 +2,12 @@
 
 The references, in order of authority (DEVELOPERS.md): paper 1's text where it is explicit for its own
 figures (notebooks 00-04), and the authors' code (github.com/athaioan/invariance-aware-stitching, commit
-5815d8e) everywhere else, notebook 05 included. What the profiles shorten for a CPU (`Profile.notes`) is not
-listed here: those are budget choices of a profile, and every notebook prints its own with `show`.
+5815d8e) everywhere else, notebook 05 included. Notebook 08's colour testbed follows Smith, Mannering and
+Marcu's code instead (github.com/DHLSmith/stitching, commit 18518d8: ReferenceCode/colour_mnist.py and
+stitch_utils.py, the ResNet-18 notebooks exp2e / exp2m that train the models and stitch into the Digit
+receiver on Correlated data), compared at the `paper` profile. What the profiles shorten for a CPU
+(`Profile.notes`) is not listed here: those are budget choices of a profile, and every notebook prints its
+own with `show`.
 
 Each row names the setting, what the reference does, what we do, the parameter that switches it and why.
 `docs/differences.md` is generated from this table (`python -m fula_core.fidelity`; a test keeps it in
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Difference:
     setting: str
-    reference: str  # "paper 1" (its text) or "authors' code"
+    reference: str  # "paper 1" (its text), "authors' code" or "Smith et al.'s code" (notebook 08)
     theirs: str
     ours: str
     parameter: str  # where to switch it
@@ -108,6 +112,109 @@ DIFFERENCES: tuple[Difference, ...] = (
         "the same (each job keeps its own copy of the statistics)",
         "StitchConfig.bn_mode = 'train' | 'eval'", "(no difference left; listed because it changed)",
         ("01", "02", "03", "04", "05", "06")),
+
+    # notebook 08: Smith, Mannering and Marcu's colour testbed (their code, compared at the `paper` profile)
+    Difference(
+        "colour testbed: base images and foreground", "Smith et al.'s code",
+        "MNIST digits binarised: every non-zero pixel becomes pure white over the background",
+        "Fashion-MNIST garments; the grey level is the white's opacity, pixel = g white + (1 - g) colour",
+        "none (fixed)",
+        "MNIST is not on this offline machine (scikit-learn's digits are 8x8); binarising a garment would erase "
+        "its texture, the shape cue the Shape model needs", ("08",)),
+    Difference(
+        "colour testbed: class colours and jitter", "Smith et al.'s code",
+        "saturated colours such as (255, 0, 0), (225, 225, 0), (128, 0, 255), (128, 128, 128); each image's "
+        "colour moved per channel by N(0, 1) clipped to [-1, 1] times 0.1 x 255 (at most 25.5), then clamped to "
+        "[0, 255] and truncated to uint8",
+        "ten mid-range colours (colour.CLASS_COLOURS); a uniform integer shift in [-16, 16] per channel, rounded",
+        "none (fixed): colour.CLASS_COLOURS and colour.JITTER enter the generated images (bump COLOUR_VERSION "
+        "when changing them)",
+        "away from 0 and 255 the jitter moves every channel both ways (theirs loses half of it on saturated "
+        "channels); the testbed needs ten well-separated flat colours, not these ones", ("08",)),
+    Difference(
+        "colour testbed: colours of the Shape set", "Smith et al.'s code",
+        "their 'unbiased' rho = 0.1, stratified per class: 10% of each class in its own colour, the rest cut into "
+        "nine near-equal shares, one per other colour",
+        "each image's colour drawn uniformly and independently of its class", "none (fixed)",
+        "both make colour independent of the class; the iid draw differs from their near-exact class x colour "
+        "counts only by sampling noise", ("08",)),
+    Difference(
+        "colour testbed: model architecture", "Smith et al.'s code",
+        "torchvision ResNet-18 (7x7 stride-2 stem and 3x3 max-pool: 28x28 inputs reach layer1 at 7x7 and layer4 "
+        "at 1x1), width 64, torchvision's initialisation; they repeat the study with VGG19 on inputs resized to "
+        "32x32",
+        "the project's CIFAR ResNet18 (3x3 stride-1 stem, no max-pool: layer1 at 28x28, layer4 at 4x4) at the "
+        "profile's width (64 at `paper`), PyTorch's default initialisation; no VGG19. Both map inputs to [-1, 1]",
+        "none (fixed)",
+        "the stitch points, IRIs and objectives are built on the project's ResNets, shared with notebooks 00-07",
+        ("08",)),
+    Difference(
+        "colour testbed: training of the colour models", "Smith et al.'s code",
+        "SGD lr 0.1, momentum 0.9 (not Nesterov), weight decay 1e-4, constant LR, batch 128, 4 epochs on the "
+        "whole set (deliberately weak models), no augmentation",
+        "the profile's base recipe: at `paper` 200 epochs, Nesterov, LR x0.1 at 1/3 and 2/3, random crop (zero "
+        "padding 2, so black borders) and horizontal flip",
+        "Profile.beyond_model_overrides: {'epochs': 4, 'nesterov': False, 'lr_milestones': (), 'augment': False} "
+        "is their recipe",
+        "the colour models share every other base model's recipe; theirs is one override away", ("08",)),
+    Difference(
+        "colour testbed: senders and the reference of 'similar'", "Smith et al.'s code",
+        "the Digit (Shape) receiver stitched into itself is the reference; senders trained on Correlated, Colour "
+        "(digits, colour as label), Colour-Only, BW and Mix data; the untrained sender (torchvision init) comes from "
+        "a separate run into a receiver of another run",
+        "a second Shape model of another seed is the reference; senders Colour-Only, Correlated and an untrained "
+        "network (the project's init, seed Profile.seeds[1] + 1), all into one Shape receiver",
+        "none (fixed)",
+        "a self-stitch is solved exactly by the identity, so it says little about two different models "
+        "(notebook 05's identical pair covers it); these four senders carry the finding the notebook tests",
+        ("08",)),
+    Difference(
+        "colour testbed: stitch points", "Smith et al.'s code",
+        "six: after the max-pool, after each of the four stages, and after the global average pool (a 1x1 map)",
+        "Profile.beyond_points: (1, 3, 5, 7) at `paper`, the first block of stages 1-4",
+        "Profile.beyond_points ((0, 2, 4, 6, 8) are the stem and the four stage ends; the pooled point has no "
+        "counterpart)",
+        "four points spread over the depth; each point costs an IRI set per sender", ("08",)),
+    Difference(
+        "colour testbed: the stitch layer", "Smith et al.'s code",
+        "BatchNorm, 1x1 convolution with bias, BatchNorm, all trainable, the convolution at PyTorch's random "
+        "initialisation",
+        "one 1x1 convolution with bias started from the least-squares (DM) solution on 500 Correlated training "
+        "images",
+        "none (fixed) for the layer; StitchConfig.lstsq_samples (Profile.beyond_stitch) for the least-squares K",
+        "the papers' stitch, shared by every objective compared; in eval mode their BN-conv-BN is one affine map "
+        "too, so the two differ in start and training path, not in what they can compute", ("08",)),
+    Difference(
+        "colour testbed: stitch training", "Smith et al.'s code",
+        "cross-entropy to the labels (our HLM) on the whole Correlated training set; SGD lr 1e-4, momentum 0.9, "
+        "weight decay 0.01, constant LR, batch 128, 10 epochs, no augmentation",
+        "HLM, SLM, FuLA and DM (hint) on real data and on IRIs; Adam lr 1e-3, weight decay 1e-4, LR x0.1 at 1/3 "
+        "and 2/3, batch 128, 30 epochs, crop and flip (`paper`)",
+        "Profile.beyond_stitch (epochs, lr, weight_decay, lr_milestones=(), augment=False); the optimiser "
+        "(Adam) is fixed",
+        "paper 2's stitch recipe (notebook 05's), so that every objective is trained alike", ("08",)),
+    Difference(
+        "colour testbed: BatchNorm of the frozen models while a stitch trains", "Smith et al.'s code",
+        "the whole stitched model in train mode; sender and receiver modules are shared by all stitches and never "
+        "restored, so running statistics pass from one stitch to the next",
+        "train mode on real data with each job's own copy of the statistics; eval mode on IRIs",
+        "StitchConfig.bn_mode (Profile.beyond_stitch), beyond.IRI_BN_MODE",
+        "independent, cacheable stitches; in their loop 10 epochs at momentum 0.1 renew every statistic the "
+        "evaluation reads, so the carry-over should not move their numbers", ("08",)),
+    Difference(
+        "colour testbed: what is measured", "Smith et al.'s code",
+        "the stitched model's accuracy on the whole Correlated test set (and its gap to the receiver's), plus the "
+        "numerical rank of the representations",
+        "accuracy and agreement with the receiver on Correlated and on Shape test images (the same garments), "
+        "per image for the claims; no rank", "none (fixed)",
+        "agreement, and the Shape test where colour no longer names the class, tell a stitch that computes the "
+        "receiver's function from one that only fits the labels; rank is outside this project", ("08",)),
+    Difference(
+        "colour testbed: repeats", "Smith et al.'s code",
+        "five training runs (seeds 57-61), each training every model afresh; plots show mean and spread",
+        "one model per role (Profile.seeds) and one stitch seed; intervals from a paired bootstrap over test "
+        "images",
+        "Profile.seeds (which models); none for more runs", "budget", ("08",)),
 )
 
 
