@@ -32,7 +32,7 @@ import torch
 from . import claims as C
 from . import metrics, plots
 from .config import Profile
-from .experiments import (DataSpec, EvalSpec, Stitcher, adv_train_spec, baseline_table, clean_eval_spec,
+from .experiments import (DataSpec, EvalSpec, StitchGroup, adv_train_spec, baseline_table, clean_eval_spec,
                           robust_eval_spec, stitch_train_spec)
 from .models import NUM_STITCH_POINTS, eval_mode
 from .stitching import StitchConfig, StitchJob
@@ -171,6 +171,29 @@ class Results:
     plan: Plan = field(repr=False)
 
 
+def testbed_groups(pl: Plan, t: Testbed, seed: int) -> list[StitchGroup]:
+    """The training passes of one testbed at one stitch seed: one for all its jobs when alpha > 0 stitches
+    train with the clean ones' config and data, else [clean and DM jobs, alpha > 0 jobs]. Evaluations: every
+    trained stitch clean and robust, the DM solutions clean only."""
+    clean_jobs = tuple(j for j in t.jobs if j.alpha == 0)
+    adv_jobs = tuple(j for j in t.jobs if j.alpha > 0)
+    specs = (pl.clean, pl.robust)
+    clean_cfg, adv_cfg = dataclasses.replace(pl.clean_cfg, seed=seed), dataclasses.replace(pl.adv_cfg, seed=seed)
+    labels = (("notebook", NB), ("arch", t.arch), ("task", t.task), ("pair", t.pair), ("seed", seed))
+    group = lambda cfg, train, jobs, evals, kind: StitchGroup(  # noqa: E731
+        t.front_cfg, t.end_cfg, cfg, train, jobs, evals, labels + (("stitches", kind),))
+    if adv_cfg == clean_cfg and pl.adv_train == pl.train:  # every missing job of the pair in one training pass
+        return [group(clean_cfg, pl.train, clean_jobs + adv_jobs + t.dm_jobs,
+                      ((clean_jobs, specs), (adv_jobs, specs), (t.dm_jobs, specs[:1])), "all")]
+    return [group(clean_cfg, pl.train, clean_jobs + t.dm_jobs, ((clean_jobs, specs), (t.dm_jobs, specs[:1])), "clean"),
+            group(adv_cfg, pl.adv_train, adv_jobs, ((adv_jobs, specs),), "adversarial")]
+
+
+def stitch_groups(pl: Plan) -> list[StitchGroup]:
+    """Every training pass of the notebook, in the order run() takes them."""
+    return [g for t in pl.testbeds for seed in pl.seeds for g in testbed_groups(pl, t, seed)]
+
+
 def objective_name(job: StitchJob) -> str:
     """The objective column: 'fula_last' for FuLA with only its last hint (Fig. 6b)."""
     return "fula_last" if job.objective == "fula" and job.fula_weights is not None else job.objective
@@ -189,16 +212,12 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
                 print(f"[{t.arch} | {t.task}-task | {t.pair} | seed {seed}] {len(t.jobs)} jobs + {len(t.dm_jobs)} DM",
                       flush=True)
             (front, _), (end, _) = models.get((t.arch, t.task, t.pair), ((None, None), (None, None)))
-            st = Stitcher(store, t.front_cfg, t.end_cfg, dataclasses.replace(pl.clean_cfg, seed=seed), pl.train,
-                          device, front=front, end=end, data_dir=data_dir, progress=progress)
-            st_adv = Stitcher(store, t.front_cfg, t.end_cfg, dataclasses.replace(pl.adv_cfg, seed=seed), pl.adv_train,
-                              device, front=st.front, end=st.end, data_dir=data_dir, progress=progress)
-            if st_adv.key(StitchJob(0, 0, "hint")) == st.key(StitchJob(0, 0, "hint")):
-                st_adv = st  # same config and data: every missing job of the pair in one training pass
-                st.outcomes(clean_jobs + adv_jobs + list(t.dm_jobs))
-            else:
-                st.outcomes(clean_jobs + list(t.dm_jobs))
-                st_adv.outcomes(adv_jobs)
+            groups = testbed_groups(pl, t, seed)
+            st = groups[0].stitcher(store, device, front=front, end=end, data_dir=data_dir, progress=progress)
+            st_adv = st if len(groups) == 1 else groups[1].stitcher(store, device, front=st.front, end=st.end,
+                                                                    data_dir=data_dir, progress=progress)
+            for g, stitcher in zip(groups, (st, st_adv)):
+                stitcher.outcomes(list(g.jobs))
             labels = dict(arch=t.arch, task=t.task, pair=t.pair, seed=seed)
             for stitcher, jobs, sp in ((st, clean_jobs, specs), (st_adv, adv_jobs, specs), (st, list(t.dm_jobs), specs[:1])):
                 by_name = {j.name: j for j in jobs}

@@ -158,18 +158,50 @@ def run_colour(pl: Plan, store: ResultStore, device, bank: IRIBank, *, progress:
     return model_rows(pl, models, data), stitch_rows
 
 
+def capacity_configs(profile: Profile, seed: int) -> dict[str, tuple[object, str | None]]:
+    """Notebook 05's information pairs of one front seed: {pair: (front config, shortcut of its data)}."""
+    p = profile
+    configs = zoo.paper2_configs(p)
+    return {"identical": (p.train_config(p.end_dataset, p.seeds[0]), None),
+            "cross-seed": (configs[f"{p.end_dataset}_{seed}"], None),
+            "cross-bias": (configs[f"{p.end_dataset}_{seed} cross-bias"], p.cross_bias_shortcut)}
+
+
+def colour_iri_requests(pl: Plan) -> list[tuple[object, int]]:
+    """(sender config, point) of every IRI set of section 1 (each inverts the Correlated training images)."""
+    return [(cfg, point) for cfg in pl.senders.values() for point in pl.points]
+
+
+def capacity_iri_requests(pl: Plan) -> list:
+    """The IRI sets of section 2 as notebook 05's iri_testbeds.IRIRequest (the same sets: reused from the cache)."""
+    from .iri_testbeds import IRIRequest, Source
+
+    return [IRIRequest(cfg, Source("train", seed, shortcut), point, "capacity")
+            for seed in pl.profile.iri_front_seeds for cfg, shortcut in capacity_configs(pl.profile, seed).values()
+            for point in pl.capacity_points]
+
+
+def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
+    """Per section (training passes, stitches): a pass is one `train_stitches` call, every objective of one
+    point and data mode (run_colour / run_capacity through stitch_modes)."""
+    colour_passes = len(pl.senders) * 2 * len(pl.points)
+    capacity_passes = len(pl.profile.iri_front_seeds) * len(PAIRS) * len(pl.families) * 2 * len(pl.capacity_points)
+    return {"colour": (colour_passes, colour_passes * len(OBJECTIVES)),
+            "capacity": (capacity_passes, capacity_passes * len(CAPACITY_OBJECTIVES))}
+
+
 def capacity_pairs(profile: Profile, store: ResultStore, device, seed: int, *, progress: bool = True):
     """Notebook 05's information pairs for one front seed: {pair: (front cfg, front, stitch data, test data)},
     and the end model; the same data notebook 05 uses, so its IRI sets are reused from the cache."""
     p = profile
     spec = lambda split, subset, shortcut=None: DataSpec(p.end_dataset, split, subset=subset, shortcut=shortcut,
                                                          seed=seed).load(device)
-    configs = zoo.paper2_configs(p)
-    end_cfg = p.train_config(p.end_dataset, p.seeds[0])
+    configs = capacity_configs(p, seed)
+    end_cfg = configs["identical"][0]
     end = get_model(store, end_cfg, device, progress=progress)
     train, test = spec("train", p.stitch_train_subset), spec("test", p.iri_eval_subset)
-    cb_cfg = configs[f"{p.end_dataset}_{seed} cross-bias"]
-    cs_cfg = configs[f"{p.end_dataset}_{seed}"]
+    cb_cfg = configs["cross-bias"][0]
+    cs_cfg = configs["cross-seed"][0]
     pairs = {
         "identical": (end_cfg, end, train, test),
         "cross-seed": (cs_cfg, zoo.get_zoo_model(store, cs_cfg, device, progress=progress), train, test),

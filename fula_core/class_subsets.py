@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import claims as C
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, Stitcher, clean_eval_spec, stitch_train_spec
+from .experiments import DataSpec, EvalSpec, StitchGroup, clean_eval_spec, stitch_train_spec
 from .stitching import StitchConfig, StitchJob
 
 NOTEBOOK = "03"
@@ -137,6 +137,23 @@ def plan(P: Profile) -> Plan:
     return Plan(P, tuple(P.class_subset_ks), seeds, jobs, dm_jobs, testbeds)
 
 
+def stitch_group(pl: Plan, t: Testbed) -> StitchGroup:
+    """The training pass of one testbed: every job and DM solution on the first k classes, scored on all."""
+    from .zoo import zoo_configs
+
+    P = pl.profile
+    cfgs = zoo_configs(P, t.arch)
+    jobs = tuple(pl.jobs + pl.dm_jobs)
+    return StitchGroup(cfgs[front_ids(P)[t.task]], cfgs[end_id(P)], pl.stitch_config(t.seed), pl.train_spec(t.k),
+                       jobs, ((jobs, (pl.eval_spec(),)),),
+                       (("notebook", NOTEBOOK), ("arch", t.arch), ("task", t.task), ("k", t.k), ("seed", t.seed)))
+
+
+def stitch_groups(pl: Plan) -> list[StitchGroup]:
+    """Every training pass of the notebook, in the order run() takes them."""
+    return [stitch_group(pl, t) for t in pl.testbeds]
+
+
 @dataclass
 class Results:
     rows: pd.DataFrame  # one row per testbed x job x metric (clean test, all classes), with per-image `scores`
@@ -146,19 +163,17 @@ class Results:
 def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, progress: bool = True) -> Results:
     """Train what is missing (cached) and score every stitch and DM solution on all classes. Rows: arch,
     task, k, seed + Stitcher.evaluate's columns."""
-    from .zoo import zoo_configs
-
     pl = plan_ if plan_ is not None else plan(P)
     rows = []
     for t in pl.testbeds:
-        cfgs = zoo_configs(P, t.arch)
+        g = stitch_group(pl, t)
         if progress:
             print(f"[{t.arch} | {t.task}-task | first {t.k} classes | seed {t.seed}] {len(pl.jobs)} jobs "
                   f"+ {len(pl.dm_jobs)} DM", flush=True)
-        st = Stitcher(store, cfgs[front_ids(P)[t.task]], cfgs[end_id(P)], pl.stitch_config(t.seed), pl.train_spec(t.k),
-                      device, data_dir=data_dir, progress=progress)
+        st = g.stitcher(store, device, data_dir=data_dir, progress=progress)
+        (jobs, specs), = g.evals
         rows += [{"arch": t.arch, "task": t.task, "k": t.k, "seed": t.seed, **r}
-                 for r in st.evaluate(pl.jobs + pl.dm_jobs, [pl.eval_spec()])]
+                 for r in st.evaluate(list(jobs), list(specs))]
     df = pd.DataFrame(rows)
     check_structure(df, pl)
     return Results(df, pl)

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import claims as claims_lib
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, Stitcher, clean_eval_spec, stitch_train_spec
+from .experiments import DataSpec, EvalSpec, StitchGroup, clean_eval_spec, stitch_train_spec
 from .models import NUM_STITCH_POINTS
 from .plots import OBJECTIVE_LABELS, plot_x
 from .stitching import OBJECTIVES, StitchJob
@@ -134,6 +134,30 @@ def eval_spec(P: Profile, dataset: str) -> EvalSpec:
     return clean_eval_spec(P, dataset)
 
 
+def stitch_group(P: Profile, kind: str, jobs: Sequence[StitchJob], configs: dict, *,
+                 arch: str | None = None) -> StitchGroup:
+    """The training pass of one pair kind: all its jobs on the end task's stitch data, scored clean."""
+    front_id, end_id = pair_ids(P)[kind]
+    front_cfg, end_cfg = configs[front_id], configs[end_id]
+    dataset = end_cfg.dataset
+    jobs = tuple(jobs)
+    return StitchGroup(front_cfg, end_cfg, P.stitch, train_spec(P, dataset), jobs, ((jobs, (eval_spec(P, dataset),)),),
+                       (("notebook", "04"), ("arch", arch or P.archs[0]), ("pair", kind)))
+
+
+def profile_plans(P: Profile, objectives: Sequence[str]) -> dict[str, dict[str, list[StitchJob]]]:
+    """Architecture -> run()'s jobs_by_pair for the whole notebook grid (the sweep on the main architecture)."""
+    return {arch: plan(P, objectives, sweep_on="self" if arch == P.archs[0] else None) for arch in P.archs}
+
+
+def stitch_groups(P: Profile, objectives: Sequence[str]) -> list[StitchGroup]:
+    """Every training pass of run_profile, in its order."""
+    from .zoo import zoo_configs
+
+    return [stitch_group(P, kind, jobs, zoo_configs(P, arch), arch=arch)
+            for arch, by_pair in profile_plans(P, objectives).items() for kind, jobs in by_pair.items()]
+
+
 def run(store, P: Profile, device, jobs_by_pair: dict[str, list[StitchJob]], *, arch: str | None = None,
         configs: dict | None = None, data_dir=None, progress: bool = True):
     """Train what is missing and evaluate every job: a tidy DataFrame with one row per pair x job x metric.
@@ -151,12 +175,11 @@ def run(store, P: Profile, device, jobs_by_pair: dict[str, list[StitchJob]], *, 
     rows = []
     for kind, jobs in jobs_by_pair.items():
         front_id, end_id = ids[kind]
-        front_cfg, end_cfg = configs[front_id], configs[end_id]
-        dataset = end_cfg.dataset
-        st = Stitcher(store, front_cfg, end_cfg, P.stitch, train_spec(P, dataset), device, data_dir=data_dir,
-                      progress=progress)
+        g = stitch_group(P, kind, jobs, configs, arch=arch)
+        st = g.stitcher(store, device, data_dir=data_dir, progress=progress)
         by_name = {j.name: j for j in jobs}
-        for r in st.evaluate(jobs, [eval_spec(P, dataset)]):
+        (_, specs), = g.evals
+        for r in st.evaluate(jobs, list(specs)):
             job = by_name[r["job"]]
             rows.append({"arch": arch or P.archs[0], "pair": kind, "front_model": front_id, "end_model": end_id,
                          **r, "n_terms": n_terms(job) if job.objective == "fula" else None,
@@ -171,8 +194,8 @@ def run_profile(store, P: Profile, device, objectives: Sequence[str], *, data_di
     `check_structure` raises when a cell or sweep step has no accuracy."""
     import pandas as pd
 
-    frames = [run(store, P, device, plan(P, objectives, sweep_on="self" if arch == P.archs[0] else None),
-                  arch=arch, data_dir=data_dir, progress=progress) for arch in P.archs]
+    frames = [run(store, P, device, jobs_by_pair, arch=arch, data_dir=data_dir, progress=progress)
+              for arch, jobs_by_pair in profile_plans(P, objectives).items()]
     df = pd.concat(frames, ignore_index=True)
     if check:
         check_structure(df, P, objectives)

@@ -174,6 +174,45 @@ def eval_rows(scores: dict, **labels) -> list[dict]:
     return [{**labels, "metric": m, "value": scores[m], "scores": per_image(scores, m)} for m in METRICS]
 
 
+def stitch_key(front_cfg, end_cfg, cfg: StitchConfig, train_spec: DataSpec, job: StitchJob) -> dict:
+    """The store key of one trained stitch (kind "stitch"): the two models' configs, the job, the stitch
+    config and the training data. A function of configs only, so that a stitch's key is known before any
+    model is loaded (fula_core.units schedules by it)."""
+    return {"front": front_cfg, "end": end_cfg, "job": job, "cfg": cfg, "train": train_spec,
+            "version": (STITCHING_VERSION, EXPERIMENTS_VERSION)}
+
+
+@dataclass(frozen=True)
+class StitchGroup:
+    """One training pass of a testbed: the jobs between one front and one end model with one stitch config
+    on one training set (a single multi-job `train_stitches` call for the jobs the cache lacks), and the
+    evaluations of its stitches, each (jobs, eval specs). The testbed modules build their runs from these,
+    and fula_core.units lists them as the units of a profile without running a notebook."""
+
+    front_cfg: object
+    end_cfg: object
+    cfg: StitchConfig
+    train: DataSpec
+    jobs: tuple[StitchJob, ...]
+    evals: tuple[tuple[tuple[StitchJob, ...], tuple[EvalSpec, ...]], ...] = ()
+    labels: tuple[tuple[str, object], ...] = ()  # what the notebook calls this pass (arch, task, seed, ...)
+
+    def key(self, job: StitchJob) -> dict:
+        return stitch_key(self.front_cfg, self.end_cfg, self.cfg, self.train, job)
+
+    def eval_key(self, job: StitchJob, spec: EvalSpec) -> dict:
+        return {"stitch": self.key(job), "eval": spec, "eval_version": EVAL_VERSION}
+
+    def stitcher(self, store: ResultStore, device, *, front=None, end=None, data_dir=None,
+                 progress: bool = True) -> "Stitcher":
+        """The Stitcher of this pass (loads, or trains, the two models unless they are passed in)."""
+        return Stitcher(store, self.front_cfg, self.end_cfg, self.cfg, self.train, device, front=front, end=end,
+                        data_dir=data_dir, progress=progress)
+
+    def describe(self) -> str:
+        return " | ".join(f"{v}" for _, v in self.labels) + f": {len(self.jobs)} jobs"
+
+
 class Stitcher:
     """Stitch jobs between one front and one end model, cached job by job."""
 
@@ -190,8 +229,7 @@ class Stitcher:
 
     def key(self, job: StitchJob) -> dict:
         """Everything that determines the trained stitch of `job` (its store key)."""
-        return {"front": self.front_cfg, "end": self.end_cfg, "job": job, "cfg": self.cfg, "train": self.train_spec,
-                "version": (STITCHING_VERSION, EXPERIMENTS_VERSION)}
+        return stitch_key(self.front_cfg, self.end_cfg, self.cfg, self.train_spec, job)
 
     def outcomes(self, jobs: list[StitchJob]) -> list[StitchOutcome]:
         """Trained stitches for `jobs`: the cached ones loaded, all missing ones trained together."""

@@ -147,6 +147,79 @@ def plan(P: Profile) -> Plan:
                 tuple(P.iri_adv_alphas), tuple(P.iri_shortcut_points), end_cfg, info, adv, short, P.iri_stitch)
 
 
+@dataclass(frozen=True)
+class Source:
+    """Images of the testbeds, named without loading them: the end task's stitch-training subset drawn with
+    front seed `seed` (with `shortcut` markers pasted per image), or the scored test images (with the
+    cross-bias markers of front seed `seed`). IRI sets invert a Source; run() loads its data through here."""
+
+    split: str  # "train" or "test"
+    seed: int = 0
+    shortcut: str | None = None
+
+    def load(self, P: Profile, device="cpu", data_dir=None):
+        from . import shortcuts
+        from .experiments import DataSpec, stitch_train_spec
+
+        if self.split == "train":
+            return stitch_train_spec(P, shortcut=self.shortcut, seed=self.seed).load(device, data_dir)
+        test = DataSpec(P.end_dataset, "test", subset=P.iri_eval_subset).load(device, data_dir)
+        if self.shortcut is None:
+            return test
+        return shortcuts.add_shortcut(test, self.shortcut, seed=self.seed + 1, layout_seed=self.seed)
+
+
+def info_sources(P: Profile, pair: str, s: int) -> tuple[Source, Source]:
+    """(stitch data, scored test images) of an information pair: the cross-bias pair's carry its markers."""
+    if pair == "cross-bias":
+        return Source("train", s, P.cross_bias_shortcut), Source("test", s, P.cross_bias_shortcut)
+    return Source("train", s), Source("test")
+
+
+@dataclass(frozen=True)
+class IRIRequest:
+    """One IRI set a testbed asks for: the front (its config), the inverted images, the stitch point."""
+
+    front_cfg: object
+    source: Source
+    point: int
+    testbed: str
+
+
+def iri_requests(P: Profile, pl: Plan) -> list[IRIRequest]:
+    """Every IRI set of run(), in the order it asks for them, each once (the same front, images and point
+    serve every testbed that asks: IRIBank shares them)."""
+    asks = []
+    for (pair, s), cfg in pl.info_fronts.items():
+        train, test = info_sources(P, pair, s)
+        asks += [IRIRequest(cfg, train, p, "information") for p in pl.points]
+        asks += [IRIRequest(cfg, test, p, "CKA (test images)") for p in pl.points]
+    for (_, _, s), (fc, _) in pl.adv_pairs.items():
+        asks += [IRIRequest(fc, Source("train", s), p, "adversarial") for p in pl.adv_points]
+    for s, fc in pl.shortcut_fronts.items():
+        asks += [IRIRequest(fc, Source("train", s, kind), p, "shortcut") for kind in MARKERS.values()
+                 for p in pl.shortcut_points]
+    from .store import config_key
+
+    seen, out = set(), []
+    for a in asks:
+        k = (config_key(a.front_cfg), a.source, a.point)
+        if k not in seen:
+            seen.add(k)
+            out.append(a)
+    return out
+
+
+def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
+    """Per testbed (training passes, stitches): a pass is one `train_stitches` call (every objective of one
+    point, data mode and alpha), as run() makes them through invariance_figures.stitch_modes."""
+    r, modes = len(pl.stitch_seeds), 2
+    passes = {"information": len(pl.info_fronts) * r * modes * len(pl.points),
+              "adversarial": len(pl.adv_pairs) * r * len(pl.adv_alphas) * modes * len(pl.adv_points),
+              "shortcut": len(pl.shortcut_fronts) * len(MARKERS) * r * modes * len(pl.shortcut_points)}
+    return {t: (n, pl.expected_rows()[t]) for t, n in passes.items()}
+
+
 @dataclass
 class Results:
     """Tidy tables of one run. Stitch tables are long: one row per stitch x measure, with `value` (the mean)
@@ -206,16 +279,15 @@ def tidy(rows: Sequence[dict], measures: Sequence[str]) -> list[dict]:
 
 def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, progress: bool = True) -> Results:
     """Train what is missing (cached: IRI sets, stitch rows) and evaluate every testbed of `plan_`."""
-    from . import invariance, shortcuts, toy, zoo
+    from . import invariance, toy, zoo
     from . import invariance_figures as figs
-    from .experiments import DataSpec, stitch_train_spec
     from .stitching import predict
 
     pl = plan_ if plan_ is not None else plan(P)
     model = lambda cfg: zoo.get_zoo_model(store, cfg, device, data_dir=data_dir, progress=progress)  # noqa: E731
     # the stitch data of a front seed: the profile's standard stitch training subset, drawn with that seed
-    train_of = lambda s, shortcut=None: stitch_train_spec(P, shortcut=shortcut, seed=s).load(device, data_dir)  # noqa: E731
-    test = DataSpec(P.end_dataset, "test", subset=P.iri_eval_subset).load(device, data_dir)
+    train_of = lambda s, shortcut=None: Source("train", s, shortcut).load(P, device, data_dir)  # noqa: E731
+    test = Source("test").load(P, device, data_dir)
     end = model(pl.end_cfg)
     bank = figs.IRIBank(store, steps=P.iri_steps, step_size=P.iri_step_size, samples=P.iri_samples, seed=IRI_SEED,
                         progress=progress)
@@ -230,8 +302,7 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
 
     # the stitch data of each front seed; the cross-bias pair is scored on the same test images with markers
     train_real = {s: train_of(s) for s in pl.front_seeds}
-    marked_test = {s: shortcuts.add_shortcut(test, P.cross_bias_shortcut, seed=s + 1, layout_seed=s)
-                   for s in pl.front_seeds}
+    marked_test = {s: Source("test", s, P.cross_bias_shortcut).load(P, device, data_dir) for s in pl.front_seeds}
 
     def info_data(pair, s):
         if pair == "cross-bias":

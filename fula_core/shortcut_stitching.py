@@ -28,7 +28,7 @@ import pandas as pd
 
 from . import claims as C
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, Stitcher, baseline_table, clean_eval_spec, stitch_train_spec
+from .experiments import DataSpec, EvalSpec, StitchGroup, baseline_table, clean_eval_spec, stitch_train_spec
 from .stitching import StitchConfig, StitchJob
 
 NOTEBOOK = "02"
@@ -145,6 +145,23 @@ def plan(P: Profile) -> Plan:
     return Plan(P, kinds, seeds, jobs, testbeds)
 
 
+def stitch_group(pl: Plan, t: Testbed) -> StitchGroup:
+    """The training pass of one testbed: every job on its marked training data, scored clean and marked."""
+    from .zoo import zoo_configs
+
+    P = pl.profile
+    cfgs = zoo_configs(P, t.arch)
+    jobs = tuple(pl.jobs)
+    return StitchGroup(cfgs[front_ids(P)[t.task]], cfgs[end_id(P)], pl.stitch_config(t.seed), pl.train_spec(t.kind),
+                       jobs, ((jobs, tuple(pl.eval_specs(t.kind))),),
+                       (("notebook", "02"), ("arch", t.arch), ("task", t.task), ("markers", t.kind), ("seed", t.seed)))
+
+
+def stitch_groups(pl: Plan) -> list[StitchGroup]:
+    """Every training pass of the notebook, in the order run() takes them."""
+    return [stitch_group(pl, t) for t in pl.testbeds]
+
+
 @dataclass
 class Results:
     rows: pd.DataFrame  # one row per testbed x job x evaluation x metric, with per-image `scores`
@@ -155,20 +172,17 @@ class Results:
 def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, progress: bool = True) -> Results:
     """Train what is missing (cached), evaluate every stitch on clean and marked test images, score the
     front and end baselines. Rows: arch, task, kind, seed + Stitcher.evaluate's columns."""
-    from .zoo import zoo_configs
-
     pl = plan_ if plan_ is not None else plan(P)
     rows, models = [], {}
     for t in pl.testbeds:
-        cfgs = zoo_configs(P, t.arch)
-        front_cfg, end_cfg = cfgs[front_ids(P)[t.task]], cfgs[end_id(P)]
+        g = stitch_group(pl, t)
         if progress:
             print(f"[{t.arch} | {t.task}-task | markers: {t.kind} | seed {t.seed}] {len(pl.jobs)} jobs", flush=True)
-        st = Stitcher(store, front_cfg, end_cfg, pl.stitch_config(t.seed), pl.train_spec(t.kind), device,
-                      data_dir=data_dir, progress=progress)
+        st = g.stitcher(store, device, data_dir=data_dir, progress=progress)
+        (jobs, specs), = g.evals
         rows += [{"arch": t.arch, "task": t.task, "kind": t.kind, "seed": t.seed, **r}
-                 for r in st.evaluate(pl.jobs, pl.eval_specs(t.kind))]
-        models[(t.arch, t.task)] = ((st.front, front_cfg), (st.end, end_cfg))
+                 for r in st.evaluate(list(jobs), list(specs))]
+        models[(t.arch, t.task)] = ((st.front, g.front_cfg), (st.end, g.end_cfg))
     df = pd.DataFrame(rows)
     base = baseline_table(store, models, pl.baseline_specs, device, key_names=("arch", "task"), data_dir=data_dir)
     check_structure(df, pl)

@@ -236,4 +236,6 @@ def test_run_smoke_end_to_end(tmp_path):
     res = T.run(P, ResultStore(tmp_path), torch.device("cpu"), progress=False)
     verdicts = T.claims(res, P)
     assert len(verdicts) == 14 and len({v.claim.id for v in verdicts}) == 14
+    # fula_core.units schedules exactly the IRI sets the run makes (iri_requests mirrors run()'s requests)
+    assert len(res.iris) == len(T.iri_requests(P, T.plan(P)))
     assert res.info.scores.map(len).eq(P.iri_eval_subset).all()
