@@ -1,10 +1,11 @@
 """The `paper` grid's wall time on one and on 8 GPUs, from per-unit costs and the grid's true unit counts,
 with the protocol choices that could cut it and what each saves.
 
-Unit counts: 9,736 stitch trainings and 126 IRI sets, as counted from the notebooks' own job lists in
-issue 14 (not recounted here: `--stitches` / `--iri-sets` override them), split over alpha = 0, 0.5, 1 in
-equal thirds; base models, epochs, AutoAttack and IRI settings from fula_core's `paper` profile
-(common.PaperGrid.from_profile). Per-unit costs: measured ones from a JSON (`--units`, the `units` object
+Unit counts: from fula_core.units (the testbed modules' own plans, listed without running a notebook):
+every stitch training of notebooks 01-05 and 08 (shared stitches once), its split over alpha, the stitched
+models attacked with AutoAttack, and the IRI sets in 50,000-image equivalents (a set of test images counts
+1/5); `--stitches` / `--iri-sets` override them. Base models, epochs, AutoAttack and IRI settings from
+fula_core's `paper` profile (common.PaperGrid.from_profile). Per-unit costs: measured ones from a JSON (`--units`, the `units` object
 benchmarks/stitching_throughput.py writes under `projection`, or gpu_check.sh's), else derived from counted
 FLOPs (common.forward_flops) at an assumed effective rate (`--tflops`, default 200 TFLOP/s: about a fifth of
 an H100's dense bf16 peak, what small 32x32 convolutions reach; an assumption, replace it by a measurement).
@@ -25,7 +26,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import PaperGrid, forward_flops, project_paper_grid  # noqa: E402
 
-TRUE_STITCHES, TRUE_IRI_SETS = 9_736, 126  # issue 14: the notebooks' job lists
+
+
+def unit_counts(profile: str = "paper") -> dict:
+    """The grid's counts from fula_core.units: stitches (01-04 passes and 05/08's), their shares per alpha,
+    stitched models under AutoAttack, IRI sets (50k-image equivalents: test-image sets count 1/5)."""
+    from fula_core import beyond, iri_testbeds, units
+
+    g = units.enumerate_units(profile)
+    P = g.profile
+    per_alpha: dict[float, float] = {}
+    for u in g.of_kind("stitch_group"):
+        for j in u.action.jobs:
+            per_alpha[j.alpha] = per_alpha.get(j.alpha, 0) + 1
+    attacked = sum(len(jobs) for u in g.of_kind("eval_group") for s, jobs in u.action.items if s.attack == "autoattack")
+    pl = iri_testbeds.plan(P)
+    for testbed, (_, n) in {**iri_testbeds.stitch_passes(pl),
+                            **beyond.stitch_passes(beyond.plan(P))}.items():  # paper 2: alpha 0 but the adversarial testbed's
+        if testbed == "adversarial":
+            for a in pl.adv_alphas:
+                share = len(pl.adv_objectives(a)) / sum(len(pl.adv_objectives(b)) for b in pl.adv_alphas)
+                per_alpha[a] = per_alpha.get(a, 0) + n * share
+            attacked += n  # every stitch of the adversarial testbed is scored under AutoAttack
+        else:
+            per_alpha[0.0] = per_alpha.get(0.0, 0) + n
+    stitches = round(sum(per_alpha.values()))
+    iri = sum(0.2 if getattr(u.action.source, "split", "train") == "test" else 1.0 for u in g.of_kind("iri_set"))
+    return {"stitches": stitches, "alpha_shares": tuple((a, n / stitches) for a, n in sorted(per_alpha.items())),
+            "autoattack_models": attacked, "iri_sets": round(iri), "iri_sets_listed": len(g.of_kind("iri_set"))}
 
 
 def flop_units(tflops: float, grid: PaperGrid, pgd_steps: int = 10, jobs_per_call: int = 36) -> dict:
@@ -61,12 +89,12 @@ def load_units(path: str) -> dict:
 def choices(grid: PaperGrid) -> dict[str, PaperGrid]:
     """Protocol choices that cut the grid, each on its own (the saving is against the full grid)."""
     thirds = grid.stitch_alpha_shares
-    no_half = tuple((a, s) for a, s in thirds if a != 0.5)
+    half = dict(thirds).get(0.5, 0.0)
+    no_half = tuple((a, s / (1 - half)) for a, s in thirds if a != 0.5)
     per_arch = 1 / len(grid.archs)
     return {
         "drop the alpha = 0.5 row": dataclasses.replace(
-            grid, stitch_runs=round(grid.stitch_runs * (1 - 1 / 3)),
-            stitch_alpha_shares=tuple((a, s * 1.5) for a, s in no_half)),
+            grid, stitch_runs=round(grid.stitch_runs * (1 - half)), stitch_alpha_shares=no_half),
         "adversarial rows for ResNet18 only (appendix architectures clean)": dataclasses.replace(
             grid, stitch_alpha_shares=tuple((a, s if a == 0 else s * per_arch) for a, s in thirds),
             autoattack_models=round(grid.autoattack_models * per_arch)),
@@ -77,12 +105,17 @@ def choices(grid: PaperGrid) -> dict[str, PaperGrid]:
     }
 
 
-def project(units: dict, stitches: int = TRUE_STITCHES, iri_sets: int = TRUE_IRI_SETS, gpus: int = 8) -> dict:
+def project(units: dict, stitches: int | None = None, iri_sets: int | None = None, gpus: int = 8) -> dict:
+    counts = unit_counts()
+    stitches = counts["stitches"] if stitches is None else stitches
+    iri_sets = counts["iri_sets"] if iri_sets is None else iri_sets
     grid = dataclasses.replace(PaperGrid.from_profile(), stitch_runs=stitches, iri_sets=iri_sets,
-                               autoattack_models=stitches)
+                               autoattack_models=counts["autoattack_models"],
+                               stitch_alpha_shares=counts["alpha_shares"])
     full = project_paper_grid(units, grid, "full paper grid")
-    out = {"counts": {"stitches": stitches, "iri_sets": iri_sets, "autoattack_models": stitches,
-                      "source": "issue 14's count of the notebooks' job lists; alpha shares in thirds"},
+    out = {"counts": {"stitches": stitches, "iri_sets": iri_sets, "autoattack_models": counts["autoattack_models"],
+                      "alpha_shares": {str(a): s for a, s in counts["alpha_shares"]},
+                      "source": "fula_core.units (the modules' plans); IRI sets in 50k-image equivalents"},
            "units": {**units, "stitch_per_job_image": {str(k): v for k, v in units["stitch_per_job_image"].items()}},
            "rows_h": {k: v / 3600 for k, v in full["rows_s"].items()},
            "total_h_1gpu": full["total_h"], "gpus": gpus,
@@ -111,8 +144,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", help="JSON with measured per-unit costs (else FLOP-derived)")
     ap.add_argument("--tflops", type=float, default=200.0, help="effective TFLOP/s for FLOP-derived costs")
-    ap.add_argument("--stitches", type=int, default=TRUE_STITCHES)
-    ap.add_argument("--iri-sets", type=int, default=TRUE_IRI_SETS)
+    ap.add_argument("--stitches", type=int, help="override the stitch count of fula_core.units")
+    ap.add_argument("--iri-sets", type=int, help="override the IRI set count (50k-image equivalents)")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
