@@ -451,6 +451,15 @@ def main(argv=None) -> None:
     parser.add_argument("--output-root", metavar="DIR",
                         help="write executed/, figures/, results/ and (unless FULA_CACHE_DIR is set) cache/ under DIR "
                              "instead of the repository, e.g. for a read-only checkout (same as FULA_OUTPUT_DIR)")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="local: notebooks in a process pool (default); ray: first every unit of the profile "
+                             "(fula_core.units: base models, stitch passes, evaluations, IRI sets) as Ray tasks, "
+                             "then the notebooks, which find them cached")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --executor ray: an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); "
+                             "default: a local cluster of this machine's GPUs and CPUs")
+    parser.add_argument("--ray-cpus", type=int, metavar="N",
+                        help="with --executor ray and no --address: CPUs of the local cluster (default: all)")
     parser.add_argument("--publish", action="store_true",
                         help="afterwards copy the executed notebooks into notebooks/ (quick) or tests/smoke_notebooks/ (smoke)")
     args = parser.parse_args(argv)
@@ -460,6 +469,12 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, _on_termination)
     signal.signal(signal.SIGHUP, _on_termination)
     started = time.time()
+    if args.executor != "ray" and (args.address or args.ray_cpus):
+        raise SystemExit("--address / --ray-cpus apply to --executor ray")
+    if args.executor == "ray":
+        from .ray_executor import run_units
+
+        run_units(args.profile, only=args.only, address=args.address, device=args.device, num_cpus=args.ray_cpus)
     run(args.profile, args.only, dict(parse_param(p) for p in args.param), args.device, resolve_jobs(args.jobs, args.device))
     if args.publish:
         for path in publish(args.profile, args.only):

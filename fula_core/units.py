@@ -204,8 +204,9 @@ class UnitGraph:
     def of_kind(self, kind: str) -> list[Unit]:
         return [u for u in self.units.values() if u.kind == kind]
 
-    def runnable(self) -> list[Unit]:
-        """The units with an action of their own, in an order where every dependency comes first."""
+    def runnable(self, notebooks=None) -> list[Unit]:
+        """The units with an action of their own, in an order where every dependency comes first; with
+        `notebooks` (numbers such as "03") only those the notebooks' own units need."""
         order, seen = [], set()
 
         def visit(uid):
@@ -216,8 +217,9 @@ class UnitGraph:
                 visit(d)
             if self.units[uid].action is not None and self.units[uid].kind != "paper2_pass":
                 order.append(self.units[uid])
-        for uid in self.units:
-            visit(uid)
+        for uid, u in self.units.items():
+            if notebooks is None or u.notebook in notebooks:
+                visit(uid)
         return order
 
 

@@ -1,0 +1,76 @@
+"""The Ray executor: a unit's task fills the same cache the notebook reads, a failure names the unit with its
+log tail, and the smoke profile through Ray gives the local run's tables."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from fula_core import paths, ray_executor, units
+from fula_core.store import ResultStore
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Boom:
+    def __call__(self, P, store, device, progress=True):
+        print("working on it")
+        raise ValueError("boom: the data set is missing")
+
+
+def test_a_failed_unit_is_named_with_its_log_tail(tmp_path):
+    unit = units.Unit("stitch_group", "stitch_group:abc", "01 | resnet18 | same", action=Boom())
+    with pytest.raises(ray_executor.UnitFailed) as err:
+        ray_executor.execute_unit(unit, "smoke", "cpu", str(tmp_path / "u.log"))
+    message = str(err.value)
+    assert "01 | resnet18 | same" in message and "stitch_group:abc" in message
+    assert "working on it" in message and "ValueError: boom: the data set is missing" in message
+    assert (tmp_path / "u.log").exists()
+
+
+def test_a_unit_fills_the_cache_the_notebook_reads(tmp_path, monkeypatch):
+    """A base-model unit (the cheapest unit with real training) run as a task writes the model the notebooks
+    then load without training."""
+    monkeypatch.setenv("FULA_CACHE_DIR", str(tmp_path / "cache"))
+    g = units.enumerate_units("smoke")
+    unit = next(u for u in g.of_kind("base_model") if u.label == "digits_0")
+    store = ResultStore(paths.cache_dir("smoke"))
+    assert not unit.done(store)
+    ray_executor.execute_unit(unit, "smoke", "cpu", str(tmp_path / "u.log"))
+    assert unit.done(store)
+
+    from fula_core import train
+
+    monkeypatch.setattr(train, "train_model", lambda *a, **k: pytest.fail("the model should come from the cache"))
+    train.get_model(store, unit.action.cfg, "cpu", progress=False)
+
+
+def _run_all(out: pathlib.Path, *extra: str) -> str:
+    """./run_all.sh's pipeline in this test's Python environment (run_all.sh itself would first check the
+    environment's install against pyproject.toml)."""
+    env = {**os.environ, "FULA_OUTPUT_DIR": str(out), "OMP_NUM_THREADS": "1"}
+    env.pop("FULA_CACHE_DIR", None)  # each run its own cache, under its output root
+    proc = subprocess.run([sys.executable, "-m", "fula_core.pipeline", "--profile", "smoke", "--only", "03", "--jobs",
+                           "1", *extra], env=env, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_through_ray_matches_the_local_run(tmp_path):
+    """Notebook 03 at smoke: its units on a local 2-CPU Ray cluster, then the notebook finds them cached and
+    writes the same tables as a plain local run."""
+    pytest.importorskip("ray")
+    _run_all(tmp_path / "local")
+    log = _run_all(tmp_path / "ray", "--executor", "ray", "--ray-cpus", "2")
+    assert "[fula ray] profile smoke" in log and "0 failed" in log
+    local = sorted((tmp_path / "local" / "figures" / "smoke").glob("*.csv"))
+    assert local, "the local run wrote no tables"
+    for path in local:
+        other = tmp_path / "ray" / "figures" / "smoke" / path.name
+        assert other.read_text() == path.read_text(), path.name
