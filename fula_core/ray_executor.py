@@ -94,6 +94,14 @@ def _fmt_duration(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{int(seconds % 60):02d}s"
 
 
+def pending(graph, store: ResultStore, only: list[str] | None = None) -> tuple[list[Unit], set[str], list[Unit]]:
+    """(every runnable unit of `only`'s notebooks, the ids of those the cache holds, the rest in dependency
+    order): what a run (or a rerun after a kill) does, decided by the cache alone."""
+    order = graph.runnable(only)
+    cached = {u.uid for u in order if u.done(store)}
+    return order, cached, [u for u in order if u.uid not in cached]
+
+
 def run_units(profile: str, *, only: list[str] | None = None, address: str | None = None, device: str = "auto",
               num_cpus: int | None = None, log_dir: pathlib.Path | None = None, out=sys.stdout) -> dict:
     """Run every unit of `profile` the cache lacks on Ray (with `only`: the units of those notebooks and what
@@ -103,10 +111,7 @@ def run_units(profile: str, *, only: list[str] | None = None, address: str | Non
     from .pipeline import run_log_dir
 
     graph = enumerate_units(profile)
-    store = ResultStore(paths.cache_dir(profile))
-    order = graph.runnable(only)
-    cached = {u.uid for u in order if u.done(store)}
-    todo = [u for u in order if u.uid not in cached]
+    order, cached, todo = pending(graph, ResultStore(paths.cache_dir(profile)), only)
     log_dir = pathlib.Path(log_dir or run_log_dir(profile)) / "units"
     print(f"[fula ray] profile {profile}: {len(order)} units, {len(cached)} already cached, {len(todo)} to run; "
           f"logs in {log_dir}", file=out, flush=True)
@@ -169,7 +174,8 @@ def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, out) -> dict:
                                                             for d in unit_of[r].deps))
             running = min(len(pending) - waiting_on_deps, int(slots) or 1)
             rate = cost_done / (now - started) if cost_done else 0.0
-            eta = (cost_total - cost_done - sum(graph.units[u].cost for u in failed) ) / rate if rate else float("nan")
+            lost = sum(graph.units[u].cost for u in [*failed, *not_run])
+            eta = (cost_total - cost_done - lost) / rate if rate else float("nan")
             print(f"[fula ray] units: {len(finished)}/{len(refs)} done ({len(cached)} cached before), "
                   f"{running} running, {len(failed)} failed, {len(not_run)} waiting on a failed unit; "
                   f"elapsed {_fmt_duration(now - started)}, left ~{_fmt_duration(max(eta, 0.0))}", file=out, flush=True)

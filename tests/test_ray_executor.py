@@ -49,6 +49,14 @@ def test_a_unit_fills_the_cache_the_notebook_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_model", lambda *a, **k: pytest.fail("the model should come from the cache"))
     train.get_model(store, unit.action.cfg, "cpu", progress=False)
 
+    # a rerun skips it, and only it; a unit whose result is lost (a killed worker) is redone, and nothing else
+    order, cached, todo = ray_executor.pending(g, store, ["03"])
+    assert cached == {unit.uid} and unit not in todo and len(todo) == len(order) - 1
+    for f in store.root.glob("model/*.pt"):
+        f.unlink()
+    _, cached, todo = ray_executor.pending(g, store, ["03"])
+    assert not cached and todo[0].kind == "base_model"
+
 
 def _run_all(out: pathlib.Path, *extra: str) -> str:
     """./run_all.sh's pipeline in this test's Python environment (run_all.sh itself would first check the
