@@ -138,12 +138,12 @@ def run_units(profile: str, *, only: list[str] | None = None, address: str | Non
             ref = remote.options(name=f"{u.kind}:{u.label[:60]}", max_retries=2, retry_exceptions=False,
                                  **resources).remote(u, profile, device, str(log_dir / _log_name(u)), 1, *deps)
             refs[u.uid], unit_of[ref] = ref, u
-        return _follow(ray, refs, unit_of, graph, cached, cpus, gpus, out)
+        return _follow(ray, refs, unit_of, graph, cached, cpus, gpus, log_dir, out)
     finally:
         ray.shutdown()
 
 
-def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, out) -> dict:
+def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, log_dir, out) -> dict:
     """Wait for every task, printing the progress line; collect failures (a unit's own, or a dependency's)."""
     pending = list(refs.values())
     finished, failed, not_run = set(), {}, []
@@ -161,9 +161,12 @@ def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, out) -> dict:
                 failed_deps = [d for d in u.deps if d in failed or d in not_run]
                 if failed_deps:
                     not_run.append(u.uid)
-                else:
-                    failed[u.uid] = str(cause)
-                    print(f"[fula ray] FAILED: {cause}", file=out, flush=True)
+                    continue
+                if not isinstance(cause, UnitFailed):  # Ray's own (a worker lost after its retries, ...)
+                    log = log_dir / _log_name(u)
+                    cause = f"{u.kind} {u.label} ({u.uid}): {type(cause).__name__}: {cause}; log {log}:\n{tail(log)}"
+                failed[u.uid] = str(cause)
+                print(f"[fula ray] FAILED: {cause}", file=out, flush=True)
             else:
                 finished.add(u.uid)
                 cost_done += u.cost
