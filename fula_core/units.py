@@ -185,10 +185,15 @@ def _stitch_gpu(n_jobs: int) -> float:
 class UnitGraph:
     profile: Profile
     units: dict[str, Unit] = field(default_factory=dict)
+    users: dict[str, set] = field(default_factory=dict)  # uid -> notebooks that read its results
 
     def add(self, unit: Unit) -> Unit:
         self.units.setdefault(unit.uid, unit)
+        self.use(unit.uid, unit.notebook)
         return self.units[unit.uid]
+
+    def use(self, uid: str, notebook: str) -> None:
+        self.users.setdefault(uid, set()).add(notebook)
 
     def counts(self) -> dict[str, int]:
         c = Counter(u.kind for u in self.units.values())
@@ -217,8 +222,8 @@ class UnitGraph:
                 visit(d)
             if self.units[uid].action is not None and self.units[uid].kind != "paper2_pass":
                 order.append(self.units[uid])
-        for uid, u in self.units.items():
-            if notebooks is None or u.notebook in notebooks:
+        for uid in self.units:
+            if notebooks is None or self.users.get(uid, set()) & set(notebooks):
                 visit(uid)
         return order
 
@@ -258,7 +263,7 @@ def _paper1_groups(P: Profile) -> list[tuple[str, object]]:
 
 def _stitch_units(P: Profile, g: UnitGraph, models: dict[str, str]) -> None:
     owner: dict[str, str] = {}  # stitch key hash -> uid of the pass that trains it
-    seen_evals: set[str] = set()
+    seen_evals: dict[str, str] = {}  # eval key -> uid of the unit that scores it
     hashes: dict = {}
 
     def h(obj) -> str:  # configs repeat across thousands of keys: hash each once
@@ -273,6 +278,9 @@ def _stitch_units(P: Profile, g: UnitGraph, models: dict[str, str]) -> None:
                              config_key(group.key(group.jobs[0])["version"])])
         keys = {j: f"{prefix}/{h(j)}" for j in group.jobs}
         own = tuple(j for j in group.jobs if keys[j] not in owner)
+        for j in group.jobs:
+            if keys[j] in owner:  # trained by an earlier pass, which this notebook reads too
+                g.use(owner[keys[j]], nb)
         if own:
             uid = _uid("stitch_group", [keys[j] for j in own])
             label = group.describe() + (f" ({len(own)} not trained elsewhere)" if len(own) < len(group.jobs) else "")
@@ -284,18 +292,22 @@ def _stitch_units(P: Profile, g: UnitGraph, models: dict[str, str]) -> None:
             items, ekeys = [], []
             for spec in specs:
                 todo = tuple(j for j in jobs if f"{keys[j]}/{h(spec)}" not in seen_evals)
+                for j in jobs:
+                    if f"{keys[j]}/{h(spec)}" in seen_evals:
+                        g.use(seen_evals[f"{keys[j]}/{h(spec)}"], nb)
                 if todo:
                     items.append((spec, todo))
                     ekeys += [f"{keys[j]}/{h(spec)}" for j in todo]
             if not items:
                 continue
-            seen_evals.update(ekeys)
+            uid = _uid("eval_group", ekeys)
+            seen_evals.update(dict.fromkeys(ekeys, uid))
             action = Evaluate(group, tuple(items))
             attacked = any(s.attack for s in action.specs)
             deps = tuple(dict.fromkeys(owner[keys[j]] for j in action.jobs))
             cost = sum(len(todo) * _images(s.data.subset) * (1 + (s.pgd_steps or s.autoattack_iter if s.attack else 0))
                        for s, todo in items) / 3
-            g.add(Unit("eval_group", _uid("eval_group", ekeys), f"{group.describe()}, scored on "
+            g.add(Unit("eval_group", uid, f"{group.describe()}, scored on "
                        + ", ".join(s.name for s in action.specs), deps, action, cost, 0.5 if attacked else 0.25, nb))
 
 

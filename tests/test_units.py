@@ -74,6 +74,21 @@ def _check_graph(g):
     assert {u.kind for u in order} == {"base_model", "simclr_front", "stitch_group", "eval_group", "iri_set", "section"}
 
 
+def test_a_notebooks_units_include_what_other_notebooks_train_for_it():
+    """--only 03: the units of notebook 03 and those of 01 that train and score its all-class stitches."""
+    P = config.get_profile("smoke")
+    g = units.enumerate_units(P)
+    chosen = g.runnable(["03"])
+    trained = {config_key(u.action.group.key(j)) for u in chosen if u.kind == "stitch_group" for j in u.action.jobs}
+    scored = {config_key(u.action.group.eval_key(j, s)) for u in chosen if u.kind == "eval_group"
+              for s, jobs in u.action.items for j in jobs}
+    for group in class_subsets.stitch_groups(class_subsets.plan(P)):
+        assert {config_key(group.key(j)) for j in group.jobs} <= trained
+        assert {config_key(group.eval_key(j, s)) for jobs, specs in group.evals for j in jobs for s in specs} <= scored
+    assert {u.notebook for u in chosen} == {"00", "01", "03"}
+    assert not any(u.kind in ("iri_set", "section") for u in chosen)
+
+
 def test_unit_ids_are_stable():
     a, b = units.enumerate_units("smoke"), units.enumerate_units("smoke")
     assert list(a.units) == list(b.units)
