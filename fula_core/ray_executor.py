@@ -126,24 +126,38 @@ def run_units(profile: str, *, only: list[str] | None = None, address: str | Non
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        cpus = ray.cluster_resources().get("CPU", 1)
-        if device == "auto":
-            device = "cuda" if gpus else "cpu"
-        remote = ray.remote(execute_unit)
-        refs, unit_of = {}, {}
-        for u in todo:  # dependencies first (graph.runnable's order): their refs exist when a unit is submitted
-            deps = [refs[d] for d in u.deps if d in refs]
-            resources = {"num_gpus": u.gpu, "num_cpus": 1} if gpus and device != "cpu" else {"num_cpus": 1}
-            ref = remote.options(name=f"{u.kind}:{u.label[:60]}", max_retries=2, retry_exceptions=False,
-                                 **resources).remote(u, profile, device, str(log_dir / _log_name(u)), 1, *deps)
-            refs[u.uid], unit_of[ref] = ref, u
-        return _follow(ray, refs, unit_of, graph, cached, cpus, gpus, log_dir, out)
+        result = execute(ray, todo, profile, device, log_dir, cached=cached, out=out)
     finally:
         ray.shutdown()
+    if result["failed"]:
+        names = "\n".join(f"  {graph.units[u].kind} {graph.units[u].label}" for u in result["failed"])
+        raise SystemExit(f"[fula ray] {len(result['failed'])} unit(s) failed (their logs above), "
+                         f"{len(result['not_run'])} not run because they need them:\n{names}\n"
+                         f"Fix the cause and rerun: every finished unit is cached.")
+    return result
 
 
-def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, log_dir, out) -> dict:
+def execute(ray, todo: list[Unit], profile: str, device: str, log_dir: pathlib.Path, *, cached=frozenset(),
+            out=sys.stdout) -> dict:
+    """Submit `todo` (dependencies first) to the connected Ray cluster, one task per unit, and follow them to
+    the end: {"done", "cached", "failed": {uid: message with the log tail}, "not_run": [uids whose
+    dependency failed]}. A failure stops nothing else."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    remote = ray.remote(execute_unit)
+    refs, unit_of = {}, {}
+    for u in todo:  # dependencies first (graph.runnable's order): their refs exist when a unit is submitted
+        deps = [refs[d] for d in u.deps if d in refs]
+        resources = {"num_gpus": u.gpu, "num_cpus": 1} if gpus and device != "cpu" else {"num_cpus": 1}
+        ref = remote.options(name=f"{u.kind}:{u.label[:60]}", max_retries=2, retry_exceptions=False,
+                             **resources).remote(u, profile, device, str(log_dir / _log_name(u)), 1, *deps)
+        refs[u.uid], unit_of[ref] = ref, u
+    return _follow(ray, refs, unit_of, cached, cpus, gpus, log_dir, out)
+
+
+def _follow(ray, refs, unit_of, cached, cpus, gpus, log_dir, out) -> dict:
     """Wait for every task, printing the progress line; collect failures (a unit's own, or a dependency's)."""
     pending = list(refs.values())
     finished, failed, not_run = set(), {}, []
@@ -177,14 +191,10 @@ def _follow(ray, refs, unit_of, graph, cached, cpus, gpus, log_dir, out) -> dict
                                                             for d in unit_of[r].deps))
             running = min(len(pending) - waiting_on_deps, int(slots) or 1)
             rate = cost_done / (now - started) if cost_done else 0.0
-            lost = sum(graph.units[u].cost for u in [*failed, *not_run])
+            by_uid = {u.uid: u for u in unit_of.values()}
+            lost = sum(by_uid[u].cost for u in [*failed, *not_run])
             eta = (cost_total - cost_done - lost) / rate if rate else float("nan")
             print(f"[fula ray] units: {len(finished)}/{len(refs)} done ({len(cached)} cached before), "
-                  f"{running} running, {len(failed)} failed, {len(not_run)} waiting on a failed unit; "
+                  f"{running} running, {len(failed)} failed, {len(not_run)} skipped (they need a failed unit); "
                   f"elapsed {_fmt_duration(now - started)}, left ~{_fmt_duration(max(eta, 0.0))}", file=out, flush=True)
-    result = {"done": len(finished), "cached": len(cached), "failed": failed, "not_run": not_run}
-    if failed:
-        names = "\n".join(f"  {graph.units[u].kind} {graph.units[u].label}" for u in failed)
-        raise SystemExit(f"[fula ray] {len(failed)} unit(s) failed (their logs above), {len(not_run)} not run "
-                         f"because they need them:\n{names}\nFix the cause and rerun: every finished unit is cached.")
-    return result
+    return {"done": len(finished), "cached": len(cached), "failed": failed, "not_run": not_run}

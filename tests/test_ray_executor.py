@@ -82,3 +82,25 @@ def test_smoke_through_ray_matches_the_local_run(tmp_path):
     for path in local:
         other = tmp_path / "ray" / "figures" / "smoke" / path.name
         assert other.read_text() == path.read_text(), path.name
+
+
+@pytest.mark.slow
+def test_a_failed_unit_stops_only_the_units_that_need_it(tmp_path, monkeypatch):
+    """On a local 2-CPU Ray cluster: a unit that fails is reported with its log tail, the unit that needs it
+    is skipped, and an independent unit and its dependant still run."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("FULA_CACHE_DIR", str(tmp_path / "cache"))  # the workers inherit it at ray.init
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    model = next(u for u in units.enumerate_units("smoke").of_kind("base_model") if u.label == "digits_0")
+    ok = units.Unit("base_model", "base_model:a", "digits_0", action=model.action)
+    again = units.Unit("base_model", "base_model:d", "digits_0 again (a cache read)", ("base_model:a",), model.action)
+    bad = units.Unit("section", "section:b", "no such notebook", action=units.RunSection("99"))
+    needs_bad = units.Unit("section", "section:c", "needs the failed one", ("section:b",), units.RunSection("98"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = ray_executor.execute(ray, [ok, bad, needs_bad, again], "smoke", "cpu", tmp_path / "logs")
+    finally:
+        ray.shutdown()
+    assert result["done"] == 2 and result["not_run"] == ["section:c"] and list(result["failed"]) == ["section:b"]
+    assert "no such notebook" in result["failed"]["section:b"]
+    assert "no section runner for notebook '99'" in result["failed"]["section:b"]  # the log tail
