@@ -387,6 +387,14 @@ def summary(g: UnitGraph) -> str:
     for k, n in c.items():
         lines.append(f"  {k:<13s} {n:6,d}   {detail.get(k, '')}".rstrip())
     lines.append(f"  {'runnable':<13s} {len(g.runnable()):6,d}   (every unit with an action of its own)")
+    lines.append("per notebook (units it owns; a shared stitch or score counts where it is first listed):")
+    for nb in sorted({u.notebook for u in g.units.values()}):
+        mine = [u for u in g.units.values() if u.notebook == nb]
+        c = Counter(u.kind for u in mine)
+        stitches = sum(len(u.action.jobs) for u in mine if u.kind == "stitch_group")
+        stitches += round(sum(u.cost for u in mine if u.kind == "paper2_pass"))
+        parts = [f"{c[k]} {k}" for k in KINDS if c[k]]
+        lines.append(f"  {nb}: " + ", ".join(parts) + (f"; {stitches:,} stitches" if stitches else ""))
     return "\n".join(lines)
 
 
