@@ -260,16 +260,20 @@ def render(verdicts: Sequence[Verdict]):
 
 
 def save(verdicts: Sequence[Verdict], profile: str, notebook: str):
-    """Write this notebook's verdicts into figures/<profile>/claims.csv (the other notebooks' rows are kept)."""
+    """Write this notebook's verdicts into figures/<profile>/claims.csv (the other notebooks' rows are kept).
+
+    `notebook`: the notebook's name or number ("01_adversarial" or "01"); its rows replace every earlier row of
+    that notebook number, and carry the name given here, whatever the claims themselves call it."""
     import pandas as pd
 
     from .paths import figures_dir
     from .store import atomic_write_text, file_lock
 
     path = figures_dir(profile) / "claims.csv"
+    rows = table(verdicts).assign(notebook=notebook)
     with file_lock(path):
         old = pd.read_csv(path, dtype={"notebook": str}) if path.exists() else pd.DataFrame(columns=list(CSV_COLUMNS))
-        new = pd.concat([old[old.notebook != notebook], table(verdicts)], ignore_index=True)
+        new = pd.concat([old[old.notebook.str[:2] != notebook[:2]], rows], ignore_index=True)
         atomic_write_text(path, new.sort_values(["notebook", "claim_id"]).to_csv(index=False))
     return path
 

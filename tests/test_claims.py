@@ -80,9 +80,11 @@ def test_save_keeps_the_other_notebooks_rows(tmp_path, monkeypatch):
     path = claims.save([v1], "smoke", "99")
     claims.save([claims.judge(other, _scores(0.6), _scores(0.8, seed=1))], "smoke", "98")
     claims.save([v1], "smoke", "99")  # rerun of notebook 99: replaced, not appended
+    claims.save([v1], "smoke", "99_named")  # the same notebook number under its full name: replaced too
     df = pd.read_csv(path, dtype={"notebook": str})
     assert path.parent == tmp_path / "figures" / "smoke"
     assert sorted(df.claim_id) == ["c1", "c2"] and set(df.verdict) == {"HOLDS", "CONTRADICTED"}
+    assert sorted(df.notebook) == ["98", "99_named"]  # rows carry the name the notebook saved them under
 
 
 # --- judging tidy result rows (experiments.eval_rows) -----------------------------------------------------
