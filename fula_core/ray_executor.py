@@ -32,6 +32,10 @@ from .units import Unit, enumerate_units
 
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 TAIL_LINES = 25
+# A local Ray node dies at startup when its dashboard agent takes longer than Ray's fixed 15 s to write its
+# port files (ray-project/ray#65983): measured here, the agent's imports took 14.7 s on an idle 2-core
+# machine and ~40 s beside a running notebook. Starting again usually succeeds; say why when it does not.
+START_ATTEMPTS = 3
 
 
 def _require_ray():
@@ -124,7 +128,7 @@ def run_units(profile: str, *, only: list[str] | None = None, address: str | Non
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        start_local(ray, num_cpus=num_cpus, runtime_env={"env_vars": env}, out=out)
     try:
         result = execute(ray, todo, profile, device, log_dir, cached=cached, out=out)
     finally:
@@ -135,6 +139,26 @@ def run_units(profile: str, *, only: list[str] | None = None, address: str | Non
                          f"{len(result['not_run'])} not run because they need them:\n{names}\n"
                          f"Fix the cause and rerun: every finished unit is cached.")
     return result
+
+
+def start_local(ray, *, num_cpus: int | None = None, out=sys.stdout, attempts: int = START_ATTEMPTS, **kwargs):
+    """ray.init of a local node (no dashboard), tried `attempts` times: on a loaded machine Ray's agents can
+    miss the raylet's startup deadline (see START_ATTEMPTS). The last failure says what to do."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **kwargs)
+        except Exception as err:  # noqa: BLE001 -- Ray raises a bare Exception for a node startup timeout
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt == attempts:
+                raise SystemExit(
+                    f"[fula ray] the local Ray node did not start ({attempts} attempts; last: {err}). On a busy "
+                    "machine Ray's dashboard agent can miss the raylet's fixed 15 s startup deadline "
+                    "(ray-project/ray#65983; details in /tmp/ray/session_latest/logs/raylet.out): rerun when the "
+                    "machine is less loaded, or start a cluster yourself (`ray start --head`) and pass "
+                    "--address auto") from None
+            print(f"[fula ray] the local Ray node did not start (attempt {attempt} of {attempts}): {err}; "
+                  "trying again", file=out, flush=True)
 
 
 def execute(ray, todo: list[Unit], profile: str, device: str, log_dir: pathlib.Path, *, cached=frozenset(),

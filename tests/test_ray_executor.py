@@ -2,6 +2,7 @@
 log tail, and the smoke profile through Ray gives the local run's tables."""
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import subprocess
@@ -96,7 +97,7 @@ def test_a_failed_unit_stops_only_the_units_that_need_it(tmp_path, monkeypatch):
     again = units.Unit("base_model", "base_model:d", "digits_0 again (a cache read)", ("base_model:a",), model.action)
     bad = units.Unit("section", "section:b", "no such notebook", action=units.RunSection("99"))
     needs_bad = units.Unit("section", "section:c", "needs the failed one", ("section:b",), units.RunSection("98"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_executor.start_local(ray, num_cpus=2)
     try:
         result = ray_executor.execute(ray, [ok, bad, needs_bad, again], "smoke", "cpu", tmp_path / "logs")
     finally:
@@ -104,3 +105,28 @@ def test_a_failed_unit_stops_only_the_units_that_need_it(tmp_path, monkeypatch):
     assert result["done"] == 2 and result["not_run"] == ["section:c"] and list(result["failed"]) == ["section:b"]
     assert "no such notebook" in result["failed"]["section:b"]
     assert "no section runner for notebook '99'" in result["failed"]["section:b"]  # the log tail
+
+
+class _FlakyRay:
+    """ray.init fails `failures` times (Ray's node-startup timeout), then succeeds."""
+
+    def __init__(self, failures: int):
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise Exception("The current node timed out during startup.")
+        return kwargs
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_node_that_misses_its_startup_deadline_is_started_again():
+    out = io.StringIO()
+    flaky = _FlakyRay(failures=2)
+    assert ray_executor.start_local(flaky, num_cpus=2, out=out)["num_cpus"] == 2
+    assert flaky.inits == 3 and flaky.shutdowns == 2 and out.getvalue().count("trying again") == 2
+    with pytest.raises(SystemExit, match="did not start .3 attempts.*--address auto"):
+        ray_executor.start_local(_FlakyRay(failures=3), out=io.StringIO())
