@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import claims as C
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, Stitcher, clean_eval_spec, stitch_train_spec
+from .experiments import DataSpec, EvalSpec, Stitcher, check_rows, clean_eval_spec, stitch_train_spec
 from .stitching import StitchConfig, StitchJob
 
 NOTEBOOK = "03"
@@ -166,12 +166,7 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
 
 def check_structure(rows: pd.DataFrame, pl: Plan) -> None:
     """Every testbed has every job x metric exactly once; a clear error otherwise."""
-    if len(rows) != pl.expected_rows():
-        raise RuntimeError(f"notebook 03: {len(rows)} result rows where the plan needs {pl.expected_rows()}: "
-                           f"a testbed is missing jobs (delete its cache entries and rerun)")
-    dup = rows.duplicated(["arch", "task", "k", "seed", "job", "eval", "metric"])
-    if dup.any():
-        raise RuntimeError(f"notebook 03: {int(dup.sum())} duplicated result rows")
+    check_rows(rows, pl.expected_rows(), ["arch", "task", "k", "seed", "job", "eval", "metric"], "notebook 03")
 
 
 def accuracy_table(res: Results, arch: str | None = None) -> pd.DataFrame:
