@@ -186,10 +186,8 @@ def figure9(res: Results, arch: str | None = None, title: str | None = None):
     rows = res.rows[res.rows.arch == arch]
     objectives = [*P.objectives, "dm"]
     fig, axes = plots.class_subset_grid(rows, row_values=list(TASKS), objectives=objectives,
-                                        row_label=lambda t: f"{t}-task", chance=100 / res.plan.num_classes, title=title)
-    if len(res.plan.seeds) > 1:
-        plots.class_subset_seed_spread(axes, rows, row_values=list(TASKS), points=sorted(set(rows.front_point)),
-                                       objectives=objectives)
+                                        row_label=lambda t: f"{t}-task", chance=100 / res.plan.num_classes, title=title,
+                                        spread=len(res.plan.seeds) > 1)
     return fig
 
 

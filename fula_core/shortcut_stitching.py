@@ -214,15 +214,13 @@ def figure8(res: Results, arch: str | None = None, tasks=TASKS, title: str | Non
     arch = arch or P.archs[0]
     rows = res.rows[res.rows.arch == arch]
     base = res.baselines[res.baselines.arch == arch]
-    kw = dict(row_key="task", col_key="kind", row_values=list(tasks), col_values=list(res.plan.kinds),
-              eval_styles=_styles, objectives=P.objectives)
-    fig, axes = plots.stitching_grid(rows, base, **kw, title=title,
-                                     eval_labels={"test": "clean test data",
-                                                  **{eval_name(k): "test data with markers" for k in res.plan.kinds}},
-                                     row_label=lambda t: f"{t}-task",
-                                     col_label=lambda k: "no markers" if k == NO_MARKERS else f"markers: {k}")
-    if len(res.plan.seeds) > 1:
-        plots.grid_seed_spread(axes, rows, **kw)
+    fig, _ = plots.stitching_grid(rows, base, row_key="task", col_key="kind", row_values=list(tasks),
+                                  col_values=list(res.plan.kinds), eval_styles=_styles, objectives=P.objectives,
+                                  spread=len(res.plan.seeds) > 1, title=title,
+                                  eval_labels={"test": "clean test data",
+                                               **{eval_name(k): "test data with markers" for k in res.plan.kinds}},
+                                  row_label=lambda t: f"{t}-task",
+                                  col_label=lambda k: "no markers" if k == NO_MARKERS else f"markers: {k}")
     return fig
 
 
