@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import claims as C
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, StitchGroup, clean_eval_spec, stitch_train_spec
+from .experiments import DataSpec, EvalSpec, StitchGroup, check_rows, clean_eval_spec, stitch_train_spec
 from .stitching import StitchConfig, StitchJob
 
 NOTEBOOK = "03"
@@ -181,12 +181,7 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
 
 def check_structure(rows: pd.DataFrame, pl: Plan) -> None:
     """Every testbed has every job x metric exactly once; a clear error otherwise."""
-    if len(rows) != pl.expected_rows():
-        raise RuntimeError(f"notebook 03: {len(rows)} result rows where the plan needs {pl.expected_rows()}: "
-                           f"a testbed is missing jobs (delete its cache entries and rerun)")
-    dup = rows.duplicated(["arch", "task", "k", "seed", "job", "eval", "metric"])
-    if dup.any():
-        raise RuntimeError(f"notebook 03: {int(dup.sum())} duplicated result rows")
+    check_rows(rows, pl.expected_rows(), ["arch", "task", "k", "seed", "job", "eval", "metric"], "notebook 03")
 
 
 def accuracy_table(res: Results, arch: str | None = None) -> pd.DataFrame:
@@ -206,10 +201,8 @@ def figure9(res: Results, arch: str | None = None, title: str | None = None):
     rows = res.rows[res.rows.arch == arch]
     objectives = [*P.objectives, "dm"]
     fig, axes = plots.class_subset_grid(rows, row_values=list(TASKS), objectives=objectives,
-                                        row_label=lambda t: f"{t}-task", chance=100 / res.plan.num_classes, title=title)
-    if len(res.plan.seeds) > 1:
-        plots.class_subset_seed_spread(axes, rows, row_values=list(TASKS), points=sorted(set(rows.front_point)),
-                                       objectives=objectives)
+                                        row_label=lambda t: f"{t}-task", chance=100 / res.plan.num_classes, title=title,
+                                        spread=len(res.plan.seeds) > 1)
     return fig
 
 

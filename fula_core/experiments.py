@@ -283,6 +283,17 @@ class Stitcher:
         return {"stitch": self.key(job), "eval": spec, "eval_version": EVAL_VERSION}
 
 
+def check_rows(rows, expected: int, keys: Sequence[str], where: str) -> None:
+    """A testbed's structure check: `expected` result rows, none duplicated on `keys` (each stitch scored once
+    per evaluation and metric); a clear error naming `where` otherwise."""
+    if len(rows) != expected:
+        raise RuntimeError(f"{where}: {len(rows)} result rows where the plan needs {expected}: a testbed is missing "
+                           f"jobs or evaluations (delete its cache entries and rerun)")
+    dup = rows.duplicated(list(keys))
+    if dup.any():
+        raise RuntimeError(f"{where}: {int(dup.sum())} duplicated result rows (each stitch is scored once per evaluation)")
+
+
 def baseline_rows(store: ResultStore, model: StitchableResNet, model_cfg, role: str, specs: list[EvalSpec], device,
                   data_dir=None, *, agree_with: StitchableResNet | None = None, agree_with_cfg=None) -> list[dict]:
     """Scores of a plain model (the front or the end baseline at the ends of a stitching plot).

@@ -440,26 +440,30 @@ class Explorer:
 
     def render(self, front_id: str, end_id: str, i: int, j: int, objective: str, index: int = 0) -> dict:
         """Everything the explorer shows for one selection, cached only: {"result", "figures" (PNG bytes, in
-        order: overview, image view when the stitch is trained, IRIs when cached)}. Kept as `self.last`."""
+        order: overview, image view when the stitch is trained, IRIs when cached), "views" (their names:
+        overview, one_image, iri)}. Kept as `self.last`."""
         import matplotlib.pyplot as plt
 
         r = self.result(front_id, end_id, i, j, objective)
-        figs = []
+        figs, names = [], []
         if self.model_cached(front_id) and self.model_cached(end_id):
             figs.append(self.overview_figure(front_id, end_id, i, j, objective))
+            names.append("overview")
             info = self.inspect(front_id, end_id, i, j, objective, index)
             if info is not None:
                 figs.append(self.inspect_figure(info))
+                names.append("one_image")
             iri = self.iri_examples(front_id, end_id, i)
             if iri is not None:
                 figs.append(self.iri_figure(iri))
+                names.append("iri")
         pngs = []
         for fig in figs:
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
             plt.close(fig)
             pngs.append(buf.getvalue())
-        self.last = {"result": r, "figures": pngs}
+        self.last = {"result": r, "figures": pngs, "views": names}
         return self.last
 
     def snapshot_html(self) -> str:
@@ -467,7 +471,7 @@ class Explorer:
         what a reader sees where the widget cannot run (the repository page, nbconvert)."""
         if not self.last:
             return "<p>(the explorer has not rendered a selection yet)</p>"
-        imgs = _images_html(self.last["figures"])
+        imgs = _images_html(self.last["figures"], self.last.get("views"))
         return (f"<div><p><i>Static snapshot of the layer explorer (run the notebook to use the controls).</i></p>"
                 f"{format_html(self.last['result'])}<p style='font-size:90%'>{html.escape(_plain(AGREEMENT_DEFINITION))}"
                 f"</p>{imgs}</div>")
@@ -538,7 +542,7 @@ class Explorer:
             shown.value = format_html(r)
             button.disabled = r["status"] in ("cached", "trained")
             status.value = ""
-            views.value = _images_html(last["figures"])
+            views.value = _images_html(last["figures"], last["views"])
 
         def models_changed(change):
             for w, mid in ((fp, front.value), (ep, end.value)):
@@ -600,9 +604,12 @@ class ExplorerView:
         return bundle
 
 
-def _images_html(pngs: list[bytes]) -> str:
-    return "".join(f"<img style='max-width:100%;display:block' src='data:image/png;base64,{base64.b64encode(p).decode()}'/>"
-                   for p in pngs)
+def _images_html(pngs: list[bytes], names: list[str] | None = None) -> str:
+    """The figures as <img> data URIs; each carries its view's name as alt text (screen readers, the browser
+    test's per-view screenshots)."""
+    names = names or [""] * len(pngs)
+    return "".join(f"<img alt='{n}' style='max-width:100%;display:block' "
+                   f"src='data:image/png;base64,{base64.b64encode(p).decode()}'/>" for p, n in zip(pngs, names))
 
 
 def _maps(a: torch.Tensor, k: int, order: list[int] | None = None):

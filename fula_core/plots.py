@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .models import NUM_STITCH_POINTS
@@ -182,10 +181,9 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
             o = sub[sub["objective"] == obj]
             if o.empty:
                 continue
-            groups = o.groupby(x)["value"]
-            o = groups.mean().sort_index()
             if spread:
-                _spread_bars(ax, groups, colours.get(obj), objective_offset(ax, obj))
+                _spread_bars(ax, o, x, colours.get(obj), objective_offset(ax, obj))
+            o = o.groupby(x)["value"].mean().sort_index()
             xs = [plot_x(p) for p in o.index]
             ys = [float(v) for v in o.values]
             if front is not None:
@@ -206,13 +204,21 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
     return lines
 
 
-def _spread_bars(ax, groups, colour, transform=None) -> None:
-    """Vertical bars from the minimum to the maximum of each group with more than one value (seeds)."""
-    lo, hi, n = groups.min(), groups.max(), groups.count()
+def _spread_bars(ax, df: pd.DataFrame, x: str, colour, transform=None, x_of: Callable | None = plot_x,
+                 seed_column: str = "seed") -> None:
+    """The one way every figure shows spread over stitch seeds: a vertical bar from the lowest to the highest
+    per-seed value at each x that has two or more seeds (the curve itself is the mean over seeds). Rows are
+    first averaged within a seed, so a panel that pools several points (Fig. 9's mean) still spans seeds
+    only. Without a seed column every row counts as one repeat."""
+    if seed_column in df.columns:
+        values = df.groupby([x, seed_column])["value"].mean().groupby(level=0)
+    else:
+        values = df.groupby(x)["value"]
+    lo, hi, n = values.min(), values.max(), values.count()
     several = n[n > 1].index
     if len(several):
-        ax.vlines([plot_x(p) for p in several], lo[several], hi[several], colors=colour, linewidth=1.0, alpha=0.6,
-                  transform=transform if transform is not None else ax.transData, gid="spread")
+        ax.vlines([x_of(p) if x_of else p for p in several], lo[several], hi[several], colors=colour, linewidth=1.0,
+                  alpha=0.6, transform=transform if transform is not None else ax.transData, gid="spread")
 
 
 EvalStyles = Mapping[str, str]  # eval name -> linestyle, e.g. {"test": "-", "test/pgd": "--"}
@@ -315,15 +321,13 @@ def lines_by(ax, df: pd.DataFrame, *, x: str, y: str = "value", hue: str, order:
     palette.update(colours or {})
     lines = []
     for h in order:
-        groups = df[df[hue] == h].groupby(x)[y]
-        s = groups.mean().sort_index()
+        sub = df[df[hue] == h]
+        s = sub.groupby(x)[y].mean().sort_index()
         if s.empty:
             continue
         xs = [x_of(v) if x_of else v for v in s.index]
         if spread:
-            lo, hi = groups.min().sort_index(), groups.max().sort_index()
-            keep = (groups.count().sort_index() > 1).to_numpy()
-            ax.vlines(np.asarray(xs)[keep], lo[keep], hi[keep], colors=palette[h], linewidth=1.0, alpha=0.6, gid="spread")
+            _spread_bars(ax, sub.rename(columns={y: "value"}) if y != "value" else sub, x, palette[h], x_of=x_of)
         (line,) = ax.plot(xs, s.values, marker="o", markersize=3, linestyle=linestyle, color=palette[h],
                           label=f"{h}{label_suffix}")
         lines.append(line)
@@ -420,10 +424,11 @@ def marker_examples(examples: Mapping[str, object], *, classes: Sequence[int] | 
 def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | None = None,
                       points: Sequence[int] | None = None, objectives: Sequence[str] | None = None,
                       eval_name: str = "test", metric: str = "accuracy", with_mean: bool = True,
-                      row_label: Callable | None = None, chance: float | None = None, title: str | None = None):
+                      row_label: Callable | None = None, chance: float | None = None, title: str | None = None,
+                      spread: bool = False):
     """Fig. 9 layout: accuracy on all classes against k (the stitch trained on the first k classes), one
     panel per stitch point (plus their mean), one row per `row_key` value (cross-/same-task), one line per
-    objective. Returns (fig, axes)."""
+    objective; with `spread`, bars over the stitch seeds' range (as in stitching_plot). Returns (fig, axes)."""
     import matplotlib.pyplot as plt
 
     df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
@@ -441,7 +446,10 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
             ax = axes[i, j]
             panel = sub if col == "mean" else sub[sub["front_point"] == col]
             for obj in objectives:
-                s = panel[panel["objective"] == obj].groupby("k")["value"].mean().sort_index()
+                o = panel[panel["objective"] == obj]
+                s = o.groupby("k")["value"].mean().sort_index()
+                if spread and len(s):
+                    _spread_bars(ax, o, "k", OBJECTIVE_COLOURS.get(obj), objective_offset(ax, obj), x_of=None)
                 if len(s):
                     ax.plot(s.index, s.values, marker=OBJECTIVE_MARKERS.get(obj, "o"), markersize=4,
                             markerfacecolor="none", linewidth=1.3, transform=objective_offset(ax, obj),
@@ -467,58 +475,3 @@ def class_subset_grid(rows, *, row_key: str = "task", row_values: Sequence | Non
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig, axes
-
-
-# ----------------------------------------------------------------------------------------------------
-# Spread over stitch seeds (drawn on top of the figures above, which plot the mean over seeds)
-
-
-def seed_spread(ax, rows, *, x: str = "front_point", objectives: Sequence[str] | None = None,
-                eval_name: str = "test", metric: str = "accuracy", seed_column: str = "seed",
-                x_of: Callable | None = plot_x) -> list:
-    """Error bars from the lowest to the highest per-seed value at every x, one colour per objective, at
-    each objective's sideways offset (the mean over seeds is the curve itself). Draws nothing where a point
-    has fewer than two seeds. Returns the error-bar containers."""
-    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    if df.empty or seed_column not in df.columns:
-        return []
-    df = df[(df["eval"] == eval_name) & (df["metric"] == metric)]
-    drawn = []
-    for obj in (objectives if objectives is not None else list(dict.fromkeys(df["objective"]))):
-        per_seed = df[df["objective"] == obj].groupby([x, seed_column])["value"].mean().unstack(seed_column)
-        per_seed = per_seed[per_seed.notna().sum(axis=1) >= 2]
-        if per_seed.empty:
-            continue
-        mean, low, high = per_seed.mean(axis=1), per_seed.min(axis=1), per_seed.max(axis=1)
-        xs = [x_of(v) if x_of else v for v in per_seed.index]
-        drawn.append(ax.errorbar(xs, mean.values, yerr=[(mean - low).values, (high - mean).values], fmt="none",
-                                 ecolor=OBJECTIVE_COLOURS.get(obj), elinewidth=0.9, capsize=2, alpha=0.8,
-                                 transform=objective_offset(ax, obj), gid="seed_spread",
-                                 label="_seed_spread"))  # underscore: never in a legend
-    return drawn
-
-
-def grid_seed_spread(axes, rows, *, row_key: str, col_key: str, row_values: Sequence, col_values: Sequence,
-                     eval_styles: EvalStyles | Callable[[object], EvalStyles] = None,
-                     objectives: Sequence[str] | None = None, metric: str = "accuracy", **kw) -> None:
-    """`seed_spread` in every panel of a `stitching_grid` (same keys, values and eval styles)."""
-    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    styles_of = eval_styles if callable(eval_styles) else (lambda _c: eval_styles or {"test": "-"})
-    for i, rv in enumerate(row_values):
-        for j, cv in enumerate(col_values):
-            panel = df[(df[row_key] == rv) & (df[col_key] == cv)]
-            for e in styles_of(cv):
-                seed_spread(axes[i, j], panel, eval_name=e, objectives=objectives, metric=metric, **kw)
-
-
-def class_subset_seed_spread(axes, rows, *, row_key: str = "task", row_values: Sequence,
-                             points: Sequence[int], objectives: Sequence[str], with_mean: bool = True,
-                             eval_name: str = "test", metric: str = "accuracy") -> None:
-    """`seed_spread` against k in every panel of a `class_subset_grid` (the same rows, points, objectives)."""
-    df = pd.DataFrame(list(rows)) if not isinstance(rows, pd.DataFrame) else rows
-    cols = [*points, "mean"] if with_mean else list(points)
-    for i, rv in enumerate(row_values):
-        sub = df[df[row_key] == rv]
-        for j, col in enumerate(cols):
-            panel = sub if col == "mean" else sub[sub["front_point"] == col]
-            seed_spread(axes[i, j], panel, x="k", x_of=None, objectives=objectives, eval_name=eval_name, metric=metric)

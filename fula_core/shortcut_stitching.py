@@ -28,7 +28,8 @@ import pandas as pd
 
 from . import claims as C
 from .config import Profile
-from .experiments import DataSpec, EvalSpec, StitchGroup, baseline_table, clean_eval_spec, stitch_train_spec
+from .experiments import (DataSpec, EvalSpec, StitchGroup, baseline_table, check_rows, clean_eval_spec,
+                          stitch_train_spec)
 from .stitching import StitchConfig, StitchJob
 
 NOTEBOOK = "02"
@@ -191,12 +192,7 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
 
 def check_structure(rows: pd.DataFrame, pl: Plan) -> None:
     """Every testbed has every job x evaluation x metric exactly once; a clear error otherwise."""
-    if len(rows) != pl.expected_rows():
-        raise RuntimeError(f"notebook 02: {len(rows)} result rows where the plan needs {pl.expected_rows()}: "
-                           f"a testbed is missing jobs or evaluations (delete its cache entries and rerun)")
-    dup = rows.duplicated(["arch", "task", "kind", "seed", "job", "eval", "metric"])
-    if dup.any():
-        raise RuntimeError(f"notebook 02: {int(dup.sum())} duplicated result rows (each stitch is scored once per evaluation)")
+    check_rows(rows, pl.expected_rows(), ["arch", "task", "kind", "seed", "job", "eval", "metric"], "notebook 02")
 
 
 def accuracy_table(res: Results, arch: str | None = None) -> pd.DataFrame:
@@ -232,15 +228,13 @@ def figure8(res: Results, arch: str | None = None, tasks=TASKS, title: str | Non
     arch = arch or P.archs[0]
     rows = res.rows[res.rows.arch == arch]
     base = res.baselines[res.baselines.arch == arch]
-    kw = dict(row_key="task", col_key="kind", row_values=list(tasks), col_values=list(res.plan.kinds),
-              eval_styles=_styles, objectives=P.objectives)
-    fig, axes = plots.stitching_grid(rows, base, **kw, title=title,
-                                     eval_labels={"test": "clean test data",
-                                                  **{eval_name(k): "test data with markers" for k in res.plan.kinds}},
-                                     row_label=lambda t: f"{t}-task",
-                                     col_label=lambda k: "no markers" if k == NO_MARKERS else f"markers: {k}")
-    if len(res.plan.seeds) > 1:
-        plots.grid_seed_spread(axes, rows, **kw)
+    fig, _ = plots.stitching_grid(rows, base, row_key="task", col_key="kind", row_values=list(tasks),
+                                  col_values=list(res.plan.kinds), eval_styles=_styles, objectives=P.objectives,
+                                  spread=len(res.plan.seeds) > 1, title=title,
+                                  eval_labels={"test": "clean test data",
+                                               **{eval_name(k): "test data with markers" for k in res.plan.kinds}},
+                                  row_label=lambda t: f"{t}-task",
+                                  col_label=lambda k: "no markers" if k == NO_MARKERS else f"markers: {k}")
     return fig
 
 
@@ -306,6 +300,13 @@ def _claim(cid, statement, a, b, figure="Fig 8", kind="paper") -> C.Claim:
     return C.Claim(cid, NOTEBOOK, figure, statement, a, b, kind)
 
 
+def _positive_and_larger(cid: str, statement: str, name_a: str, name_b: str, a, b) -> C.Verdict:
+    """The conjunction (claims.judge_all) "A > 0 and A > B" on per-seed difference matrices a, b."""
+    positive = _judge_diff(_claim("", "", name_a, "0"), a, 0.0)
+    larger = _judge_diff(_claim("", "", name_a, name_b), a, b)
+    return C.judge_all(_claim(cid, statement, name_a, "see parts"), [positive, larger])
+
+
 def claim_task_exploits(rows, task: str) -> C.Verdict:
     """Paper (Fig 8): task-based stitching (SLM/TLM) exploits the shortcut markers, more than Hint/FuLA.
 
@@ -315,10 +316,8 @@ def claim_task_exploits(rows, task: str) -> C.Verdict:
     stitch seeds when several."""
     stmt = f"{task}-task: SLM/TLM exploit shortcut markers (gain > 0) and more than Hint/FuLA"
     gt, ga = marker_gain(rows, TASK_BASED, task=task), marker_gain(rows, ALIGNMENT_BASED, task=task)
-    positive = _judge_diff(_claim("", "", "SLM/TLM marker gain", "0"), gt, 0.0)
-    larger = _judge_diff(_claim("", "", "SLM/TLM marker gain", "Hint/FuLA marker gain"), gt, ga)
-    return C.judge_all(_claim(f"02_{task}_task_based_exploit_markers", stmt, "SLM/TLM marker gain", "see parts"),
-                       [positive, larger])
+    return _positive_and_larger(f"02_{task}_task_based_exploit_markers", stmt, "SLM/TLM marker gain",
+                                "Hint/FuLA marker gain", gt, ga)
 
 
 def claim_task_loses_clean(rows, task: str) -> C.Verdict:
@@ -329,10 +328,8 @@ def claim_task_loses_clean(rows, task: str) -> C.Verdict:
     seeds when several."""
     stmt = f"{task}-task: SLM/TLM lose clean accuracy to the markers (loss > 0) and more than Hint/FuLA"
     lt, la = clean_loss(rows, TASK_BASED, task=task), clean_loss(rows, ALIGNMENT_BASED, task=task)
-    positive = _judge_diff(_claim("", "", "SLM/TLM clean loss", "0"), lt, 0.0)
-    larger = _judge_diff(_claim("", "", "SLM/TLM clean loss", "Hint/FuLA clean loss"), lt, la)
-    return C.judge_all(_claim(f"02_{task}_task_based_lose_clean", stmt, "SLM/TLM clean loss", "see parts"),
-                       [positive, larger])
+    return _positive_and_larger(f"02_{task}_task_based_lose_clean", stmt, "SLM/TLM clean loss",
+                                "Hint/FuLA clean loss", lt, la)
 
 
 def claim_alignment_keeps_clean(rows, task: str, tolerance: float = KEEP_TOLERANCE) -> C.Verdict:
@@ -369,12 +366,10 @@ def claim_location_cross_vs_same(rows, point: int) -> C.Verdict:
     from .plots import plot_x
 
     g = {t: marker_gain(rows, ALIGNMENT_BASED, task=t, kinds=["location"], points=[point]) for t in TASKS}
-    positive = _judge_diff(_claim("", "", "Hint/FuLA location gain, cross-task", "0"), g["cross"], 0.0)
-    larger = _judge_diff(_claim("", "", "Hint/FuLA location gain, cross-task", "same-task"), g["cross"], g["same"])
-    return C.judge_all(_claim("02_alignment_location_cross_task",
-                              f"Hint/FuLA exploit location markers at layer {plot_x(point)} cross-task (gain > 0) "
-                              f"and more than same-task", "Hint/FuLA location gain, cross-task", "see parts"),
-                       [positive, larger])
+    return _positive_and_larger("02_alignment_location_cross_task",
+                                f"Hint/FuLA exploit location markers at layer {plot_x(point)} cross-task (gain > 0) "
+                                f"and more than same-task", "Hint/FuLA location gain, cross-task", "same-task",
+                                g["cross"], g["same"])
 
 
 def claims(res: Results, P: Profile | None = None) -> list[C.Verdict]:

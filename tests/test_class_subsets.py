@@ -187,5 +187,5 @@ def test_figure9_draws_seed_spread_with_several_seeds():
     matplotlib.use("Agg")
     P = dataclasses.replace(config.get_profile("smoke"), class_subset_seeds=(0, 1), class_subset_ks=KS)
     fig = CS.figure9(CS.Results(make_rows(_drops(25, 10), seeds=(0, 1), noise=20), CS.plan(P)))
-    bars = [c for ax in fig.axes for c in ax.containers if c.get_label() == "_seed_spread"]
+    bars = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "spread"]
     assert len(bars) == 2 * 3 * 5  # tasks x (two points + their mean) x (four objectives + DM)

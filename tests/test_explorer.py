@@ -98,9 +98,11 @@ def test_views_read_the_cache(store, monkeypatch):
 
     last = ex.render("synthetic_1", "synthetic_0", 5, 5, "fula", index=0)
     assert last["result"]["status"] == "cached" and len(last["figures"]) == 2  # overview + image view
+    assert last["views"] == ["overview", "one_image"]
     assert all(p[:4] == b"\x89PNG" for p in last["figures"])
     snap = ex.snapshot_html()
     assert snap.count("data:image/png;base64,") == 2 and "stitched model: clean accuracy" in snap
+    assert "alt='overview'" in snap and "alt='one_image'" in snap  # each figure names its view
 
 
 def test_iri_view_when_an_iri_set_is_cached(store, monkeypatch):
@@ -118,7 +120,8 @@ def test_iri_view_when_an_iri_set_is_cached(store, monkeypatch):
     assert torch.equal(info["source"], chosen)  # the very images that were inverted
     assert ex.iri_examples("synthetic_1", "synthetic_0", 7) is None  # another point: none cached
     assert ex.iri_examples("synthetic_0", "synthetic_0", 5) is None  # another front model
-    assert len(ex.render("synthetic_1", "synthetic_0", 5, 5, "fula")["figures"]) == 3
+    last = ex.render("synthetic_1", "synthetic_0", 5, 5, "fula")
+    assert len(last["figures"]) == 3 and last["views"] == ["overview", "one_image", "iri"]
 
 
 class _TinyCNN(nn.Module):

@@ -219,6 +219,6 @@ def test_figure8_draws_seed_spread_with_several_seeds():
     rows = make_rows(gain=both(5, 0), seeds=(0, 1), noise=20)
     base = pd.DataFrame(columns=["arch", "task", "role", "eval", "metric", "value"])
     fig = S.figure8(S.Results(rows, base, S.plan(P)))
-    bars = [c for ax in fig.axes for c in ax.containers if c.get_label() == "_seed_spread"]
+    bars = [c for ax in fig.axes for c in ax.collections if c.get_gid() == "spread"]
     # every panel: 4 objectives on clean data, plus 4 on marked data in the marked columns
     assert len(bars) == 2 * (4 + 2 * 8)

@@ -1,11 +1,12 @@
 """Browser test of the layer explorer: JupyterLab in headless Chromium, notebook 06 at the smoke profile.
 
     .venv/bin/python tests/browser/explorer_in_chromium.py [--screenshot docs/explorer_smoke.png] [--timeout 1500]
+        [--profile smoke|quick] [--views DIR]   (--views: one PNG per view of the explorer, cut from the page)
 
 Needs Debian's `chromium` (apt-get install -y chromium). Chromium is driven through its DevTools protocol
 with websocket-client (already in the environment: jupyter_server depends on it), so there is no
 selenium/chromedriver dependency. Steps:
-  1. copy notebooks/06_explorer.ipynb into a temporary folder with its parameter set to profile "smoke";
+  1. copy notebooks/06_explorer.ipynb into a temporary folder with its parameter set to the profile (smoke);
   2. start JupyterLab on 127.0.0.1 (free port, random token) with this checkout first on PYTHONPATH;
   3. open the notebook in headless Chromium (it must not be marked modified on open: the kernelspec is
      what publish writes) and run all cells (JupyterLab's "Run All Cells" command);
@@ -101,13 +102,13 @@ class DevTools:
         path.write_bytes(base64.b64decode(data))
 
 
-def smoke_copy(folder: pathlib.Path) -> pathlib.Path:
-    """notebooks/06 with its parameters cell set to the smoke profile, without outputs."""
+def notebook_copy(folder: pathlib.Path, profile: str = "smoke") -> pathlib.Path:
+    """notebooks/06 with its parameters cell set to `profile`, without outputs."""
     nb = json.loads((REPO / "notebooks" / "06_explorer.ipynb").read_text())
     for cell in nb["cells"]:
         if "parameters" in cell["metadata"].get("tags", []):
-            src = "".join(cell["source"]).replace('profile: str = "quick"', 'profile: str = "smoke"')
-            assert 'profile: str = "smoke"' in src, "notebook 06's parameters cell changed: update this script"
+            src = "".join(cell["source"]).replace('profile: str = "quick"', f'profile: str = "{profile}"')
+            assert f'profile: str = "{profile}"' in src, "notebook 06's parameters cell changed: update this script"
             cell["source"] = src.splitlines(keepends=True)
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
@@ -120,6 +121,32 @@ def smoke_copy(folder: pathlib.Path) -> pathlib.Path:
     return path
 
 
+VIEWS = ("overview", "one_image", "iri")  # the explorer's figures, in the order it draws them
+
+
+def view_screenshots(dt: DevTools, folder: pathlib.Path, profile: str) -> list[tuple[str, pathlib.Path]]:
+    """Cut each of the explorer's figures out of the page (found by their alt text, the view's name)."""
+    saved = []
+    for name in VIEWS:
+        rect = dt.js(f"""(() => {{
+            const img = document.querySelector('.widget-html img[alt="{name}"]');
+            if (!img) return null;
+            img.scrollIntoView({{block: 'start'}});
+            const r = img.getBoundingClientRect();
+            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}};
+        }})()""")
+        if not rect:
+            continue  # e.g. no IRI set cached for this front point: the view is not drawn
+        time.sleep(0.5)
+        data = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                       clip={**rect, "scale": 1})["data"]
+        path = folder / f"explorer_{profile}_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        saved.append((name, path))
+    return saved
+
+
 def text_of(dt: DevTools, selector: str) -> str:
     return dt.js(f"[...document.querySelectorAll({json.dumps(selector)})].map(e => e.textContent).join('\\n')") or ""
 
@@ -129,12 +156,15 @@ def main(argv=None) -> int:
     ap.add_argument("--screenshot", default=str(REPO / "docs" / "explorer_smoke.png"))
     ap.add_argument("--timeout", type=float, default=1500, help="seconds for running the notebook")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--profile", default="smoke", choices=("smoke", "quick", "paper"),
+                    help="the notebook's profile (quick and paper need their models in the cache)")
+    ap.add_argument("--views", default=None, help="folder for one PNG per view (explorer_<profile>_<view>.png)")
     args = ap.parse_args(argv)
     started = time.time()
     work = pathlib.Path(tempfile.mkdtemp(prefix="fula-browser-"))
     procs: list[subprocess.Popen] = []
     try:
-        smoke_copy(work)
+        notebook_copy(work, args.profile)
         token, lab_port, cdp_port = secrets.token_hex(16), free_port(), free_port()
         env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep)}
         lab_log = open(work / "lab.log", "w")
@@ -230,6 +260,9 @@ def main(argv=None) -> int:
         if problems:
             dt.screenshot(pathlib.Path(args.screenshot).with_suffix(".failed.png"))
             raise AssertionError("; ".join(problems))
+        if args.views:  # the default selection, before the button changes it
+            for name, png in view_screenshots(dt, pathlib.Path(args.views), args.profile):
+                print(f"[browser] view '{name}': {png}", flush=True)
 
         # a stitch that is not trained yet (the cache may hold earlier runs' stitches): try front points 2, 3, ...
         def choose(number: int):
