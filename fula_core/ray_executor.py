@@ -42,8 +42,9 @@ def _require_ray():
     try:
         import ray
     except ImportError:
-        raise SystemExit("--executor ray needs Ray: pip install 'ray>=2.9' (or: pip install -e '.[ray]'), "
-                         "then rerun; --executor local (the default) needs nothing more") from None
+        raise SystemExit("--executor ray needs Ray: pip install 'ray[default]==2.60.0' into this environment "
+                         "(./run_all.sh's own .venv has it with the other pinned packages) and rerun; "
+                         "--executor local (the default) needs nothing more") from None
     return ray
 
 
