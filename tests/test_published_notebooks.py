@@ -46,13 +46,7 @@ def test_kernelspec_constant_matches_the_installed_kernel():
     assert (spec.display_name, spec.language) == (pipeline.KERNELSPEC["display_name"], pipeline.KERNELSPEC["language"])
 
 
-# notebooks/06 lost its quick outputs when the explorer's cells changed; the next quick run republishes it.
-# strict: once it carries a snapshot this xfail turns into a failure, and the marker must go.
-AWAITING_QUICK_RUN = pytest.mark.xfail(strict=True, reason="notebooks/06 awaits its quick republish (issues 9, 15)")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=AWAITING_QUICK_RUN) if p.parent.name == "notebooks" else p
-                                  for p in PUBLISHED if p.name.startswith("06_")], ids=_id)
+@pytest.mark.parametrize("path", [p for p in PUBLISHED if p.name.startswith("06_")], ids=_id)
 def test_explorer_output_has_a_static_snapshot(path):
     outputs = [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     snapshots = [o for o in outputs if SNAPSHOT in o.get("data", {}).get("text/html", "")]
@@ -127,8 +121,7 @@ def test_readme_counts_come_from_the_committed_claims_csv():
     from fula_core import claims
 
     path = REPO / "figures" / "quick" / "claims.csv"
-    if not path.exists():
-        pytest.skip("figures/quick/claims.csv is written by the quick run (./run_all.sh --publish)")
+    assert path.exists(), "figures/quick/claims.csv is committed with the quick run's outputs (./run_all.sh --publish)"
     line = claims.summary(path)
     assert line in (REPO / "README.md").read_text(), (
         f"README.md must carry the summary of {path.relative_to(REPO)}: {line!r}")
