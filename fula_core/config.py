@@ -295,14 +295,20 @@ def shrink(P: Profile) -> Profile:
         robust_epochs=1,
         stitch=dataclasses.replace(P.stitch, lstsq_samples=16, pgd_steps=1, **tiny),
         adv_stitch=None if P.adv_stitch is None else dataclasses.replace(P.adv_stitch, lstsq_samples=16, pgd_steps=1, **tiny),
-        stitch_train_subset=64, adv_stitch_train_subset=32, eval_subset=64, robust_eval_subset=16,
+        # one batch of 32 images per stitch (its training loop, least-squares init and PGD all run); 32 test
+        # images (clean) and 8 (attacked) fill every table cell and bootstrap
+        stitch_train_subset=32, adv_stitch_train_subset=32, eval_subset=32, robust_eval_subset=8,
         # two APGD iterations run AutoAttack's whole schedule code (its checkpoints scale with n_iter)
         autoattack_iter=2, autoattack_eot=1, iri_autoattack_iter=2,
-        # the first, a middle and the last point: the per-point code is the same at every point, the ends are
-        # the special cases (input / logits), and the figures and claims need at least a shallow and a deep one
-        stitch_points=(0, 4, 8), cross_layer_points=(0, 8),
-        # k = 1 (one class: the degenerate case), a middle k and all ten
-        class_subset_ks=(1, 5, 10),
+        # the first and the last point: the per-point code is the same at every point, the ends are its special
+        # cases (the stem's and the last block's outputs), and the claims pool a shallow and a deep one; the
+        # smoke profile runs a middle point too. The stitch count (the cost) is proportional to the points
+        stitch_points=(0, 8), cross_layer_points=(0, 8),
+        # alpha 0 (clean) and 0.5 (a pass mixing clean and PGD inputs: the branch only the paper profile takes);
+        # alpha 1 runs a subset of 0.5's code (no clean term), and the smoke and quick profiles run it
+        alphas=(0.0, 0.5) if 0.5 in P.alphas else P.alphas,
+        # k = 1 (one class: the degenerate case) and all ten; a k in between takes the same path as these
+        class_subset_ks=(1, 10),
         iri_steps=2, iri_step_size=8 / 255, iri_samples=32, iri_points=(2, 8), iri_front_seeds=P.iri_front_seeds[:1],
         simclr_epochs=1, simclr_train_subset=64, simclr_overrides={**P.simclr_overrides, "batch_size": 32,
                                                                      "probe_batch_size": 32},
