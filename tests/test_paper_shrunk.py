@@ -71,3 +71,20 @@ def test_every_notebook_runs_at_paper_shrunk(tmp_path):
         assert all((out / "figures" / "paper-shrunk" / f"{name}.{ext}").exists() for ext in ("png", "pdf")), name
     executed = sorted(p.name[:2] for p in (out / "executed" / "paper-shrunk").glob("[0-9][0-9]_*.ipynb"))
     assert executed == [f"{i:02d}" for i in range(9)]
+
+
+def test_shrink_reaches_every_worker_and_folder(monkeypatch, tmp_path):
+    """--shrink selects '<profile>-shrunk' everywhere: the notebooks' `profile` parameter, the parallel workers'
+    command lines, and the cache / figures / executed folders."""
+    from fula_core import paths, pipeline
+
+    assert pipeline._profile_args("paper-shrunk") == ["--profile", "paper", "--shrink"]
+    assert pipeline._profile_args("quick") == ["--profile", "quick"]
+    monkeypatch.setenv("FULA_OUTPUT_DIR", str(tmp_path))
+    assert paths.figures_dir(config.get_profile("paper-shrunk").name) == tmp_path / "figures" / "paper-shrunk"
+    seen = {}
+    monkeypatch.setattr(pipeline, "prepare_environment", lambda: None)  # main's process-wide settings: not here
+    monkeypatch.setattr(pipeline.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(pipeline, "run", lambda profile, *a, **k: seen.setdefault("profile", profile))
+    pipeline.main(["--profile", "paper", "--shrink", "--only", "00", "--jobs", "1"])
+    assert seen["profile"] == "paper-shrunk"
