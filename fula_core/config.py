@@ -319,7 +319,8 @@ def shrink(P: Profile) -> Profile:
         cross_bias_overrides={**P.cross_bias_overrides, "train_subset": 96},
         iri_stitch=dataclasses.replace(P.iri_stitch, lstsq_samples=16, pgd_steps=1, **tiny),
         iri_eval_subset=64, iri_adv_points=(8,), iri_robust_eval_subset=16, iri_shortcut_points=(8,),
-        your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=32,
+        # notebook 07 (Fashion-MNIST, VGG and ViT): its stitches train in batches of 64 (yourmodels.py)
+        your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
                          iri_steps=2, iri_step_size=8 / 255, test_images=64),
         beyond_model_overrides={**P.beyond_model_overrides, "train_subset": 96, "epochs": 1}, beyond_points=(2, 8),
         beyond_samples=32, beyond_eval_subset=64,
