@@ -206,15 +206,19 @@ def figure9(res: Results, arch: str | None = None, title: str | None = None):
     return fig
 
 
-def appendix_figures(res: Results) -> dict:
-    """Figs 25-27 (profiles with several architectures): name -> figure."""
+def appendix_figure_names(P) -> list[tuple[str, str]]:
+    """(arch, figure name) of Figs 25-27: only at profiles with more than one architecture."""
     from .plots import CLASS_SUBSET_FIGURES
 
-    P = res.plan.profile
     if len(P.archs) < 2:
-        return {}
-    return {f"fig{CLASS_SUBSET_FIGURES[a]}_class_subsets_{a}": figure9(res, a, f"Stitching on a subset of classes ({a})")
-            for a in P.archs}
+        return []
+    return [(a, f"fig{CLASS_SUBSET_FIGURES[a]}_class_subsets_{a}") for a in P.archs]
+
+
+def appendix_figures(res: Results) -> dict:
+    """Figs 25-27 (profiles with several architectures): name -> figure."""
+    return {name: figure9(res, a, f"Stitching on a subset of classes ({a})")
+            for a, name in appendix_figure_names(res.plan.profile)}
 
 
 # ----------------------------------------------------------------------------------------------------

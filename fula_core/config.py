@@ -39,6 +39,9 @@ class Profile:
     robust_eval_subset: int  # test images attacked for robust accuracy
     autoattack_iter: int  # APGD iterations (paper/AutoAttack: 100)
     autoattack_eot: int  # EOT iterations: 20 in the 'rand' version; 1 is exact for deterministic eval-mode models
+    # the attack of notebook 01's robust accuracies: "autoattack" (the paper's 'rand' version) or "pgd" (CPU
+    # profiles: PGD with at least 10 steps); a field rather than a test of the name, so a shrunk paper keeps it
+    robust_attack: str = "pgd"
     stitch_points: tuple[int, ...] = tuple(range(9))  # points of the stitching plots
     # stitch seeds of the paper-1 testbeds (01-03): each seed draws its own data order, least-squares sample and
     # PGD starts (StitchConfig.seed); claims resample them (claims.py). The paper reports single runs.
@@ -105,6 +108,8 @@ class Profile:
     notes: tuple[tuple[str, str], ...] = field(default=())
 
     def __post_init__(self):
+        if self.robust_attack not in ("pgd", "autoattack"):
+            raise ValueError(f"robust_attack must be 'pgd' or 'autoattack', got {self.robust_attack!r}")
         if self.class_subset_sampling not in ("per_class", "fixed_total"):
             raise ValueError(f"class_subset_sampling must be 'per_class' or 'fixed_total', got {self.class_subset_sampling!r}")
         for where, _ in self.notes:
@@ -260,16 +265,85 @@ PROFILES: dict[str, Profile] = {
         stitch_train_subset=None, eval_subset=None, robust_eval_subset=1000, autoattack_iter=100,
         # EOT 1, not the 'rand' version's 20: our eval-mode models are deterministic, so the 20 EOT gradients are
         # identical (a probe: 90.7 s against 5.7 s for the same robust accuracy)
-        autoattack_eot=1, iri_steps=200, iri_samples=None,
+        autoattack_eot=1, robust_attack="autoattack", iri_steps=200, iri_samples=None,
         notes=(("01", "AutoAttack 'rand' (100 APGD iterations, EOT 1) on 1000 test images per stitched model, not all 10000"),),
     ),
 }
 
 
+SHRUNK_SUFFIX = "-shrunk"
+
+
+def shrink(P: Profile) -> Profile:
+    """`P` with the same structure at toy sizes: every code path a run of `P` takes, in minutes on a CPU.
+
+    Kept as they are: the data sets, architectures, seeds of the base models, objectives, marker kinds,
+    alphas, the evaluation kinds (AutoAttack where `P` has it), the adversarial-training mode, the
+    class-subset sampling, and so which figures are drawn and their names. Cut: sizes (width, images,
+    epochs, attack and IRI steps) and the repeat counts that only multiply the cost (stitch points, k values,
+    front seeds). The result is named "<name>-shrunk", so its cache, figures and executed notebooks live apart
+    from `P`'s and a shrunk number can never be read as one of `P`'s. Each cut says why it is safe, i.e. why
+    no code path depends on the value cut."""
+    tiny = dict(epochs=1, batch_size=32)  # one short pass: the training loop, schedulers and checkpoints all run
+    return dataclasses.replace(
+        P, name=P.name + SHRUNK_SUFFIX,
+        # width 4 and one epoch: every layer and stitch point exists at any width (channels = width x stage
+        # multiple); one PGD step runs the same attack loop as ten; eps and step keep the paper's values
+        base=dataclasses.replace(P.base, width=4, pgd_steps=1, **tiny),
+        # 96 images per data set: all ten classes present (the tiny data writes them round-robin)
+        train_subset={P.end_dataset: 96, P.cross_dataset: 96},
+        robust_epochs=1,
+        # batches of 8: notebook 03's paper sampling ("per_class") keeps only the first k classes' share of the
+        # stitch data, 16 of the 32 images at k = 5, and training needs a full batch
+        stitch=dataclasses.replace(P.stitch, lstsq_samples=8, pgd_steps=1, epochs=1, batch_size=8),
+        adv_stitch=None if P.adv_stitch is None else dataclasses.replace(P.adv_stitch, lstsq_samples=8, pgd_steps=1,
+                                                                          epochs=1, batch_size=8),
+        # one batch of 32 images per stitch (its training loop, least-squares init and PGD all run); 32 test
+        # images (clean) and 8 (attacked) fill every table cell and bootstrap
+        stitch_train_subset=32, adv_stitch_train_subset=32, eval_subset=32, robust_eval_subset=8,
+        # two APGD iterations run AutoAttack's whole schedule code (its checkpoints scale with n_iter)
+        autoattack_iter=2, autoattack_eot=1, iri_autoattack_iter=2,
+        # the first and the last point: the per-point code is the same at every point, the ends are its special
+        # cases (the stem's and the last block's outputs), and the claims pool a shallow and a deep one; the
+        # smoke profile runs a middle point too. The stitch count (the cost) is proportional to the points
+        stitch_points=(0, 8), cross_layer_points=(0, 8),
+        # alpha 0 (clean) and 0.5 (a pass mixing clean and PGD inputs: the branch only the paper profile takes);
+        # alpha 1 runs a subset of 0.5's code (no clean term), and the smoke and quick profiles run it
+        alphas=(0.0, 0.5) if 0.5 in P.alphas else P.alphas,
+        # k = 5 (the paper's sampling keeps the first k classes' images: ~16 of 32 here; k = 1 would leave ~3,
+        # fewer than a batch) and all ten; the smoke profile runs k = 1 (with its fixed-total sampling)
+        class_subset_ks=(5, 10),
+        iri_steps=2, iri_step_size=8 / 255, iri_samples=32, iri_points=(2, 8), iri_front_seeds=P.iri_front_seeds[:1],
+        simclr_epochs=1, simclr_train_subset=64, simclr_overrides={**P.simclr_overrides, "batch_size": 32,
+                                                                     "probe_batch_size": 32},
+        cross_bias_overrides={**P.cross_bias_overrides, "train_subset": 96},
+        iri_stitch=dataclasses.replace(P.iri_stitch, lstsq_samples=16, pgd_steps=1, **tiny),
+        iri_eval_subset=64, iri_adv_points=(8,), iri_robust_eval_subset=16, iri_shortcut_points=(8,),
+        # notebook 07 (Fashion-MNIST, VGG and ViT): its stitches train in batches of 64 (yourmodels.py)
+        your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
+                         iri_steps=2, iri_step_size=8 / 255, test_images=64),
+        beyond_model_overrides={**P.beyond_model_overrides, "train_subset": 96, "epochs": 1}, beyond_points=(2, 8),
+        beyond_samples=32, beyond_eval_subset=64,
+        beyond_stitch=dataclasses.replace(P.beyond_stitch, lstsq_samples=16, **tiny),
+        capacity_points=(8,), capacity_rank=2,
+        # the notes of `P` would describe sizes this profile does not have: one note says what it is
+        notes=(("all", f"SHRUNK {P.name}: its structure at toy sizes (config.shrink: width 4, 1 epoch, 96 images per "
+                       f"model, 32 per stitch, stitch points 1 and 9, 1-2 attack steps, 2 IRI steps), a proof that every code "
+                       f"path runs; the numbers mean nothing"),),
+    )
+
+
+def profile_names() -> list[str]:
+    """Every name get_profile accepts: the profiles and their shrunk versions."""
+    return [*PROFILES, *(name + SHRUNK_SUFFIX for name in PROFILES)]
+
+
 def get_profile(name: str) -> Profile:
-    """The named profile; a clear error for an unknown one."""
+    """The named profile, or shrink() of it for "<name>-shrunk"; a clear error for an unknown one."""
+    if name.endswith(SHRUNK_SUFFIX) and name[:-len(SHRUNK_SUFFIX)] in PROFILES:
+        return shrink(PROFILES[name[:-len(SHRUNK_SUFFIX)]])
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(profile_names())}")
     return PROFILES[name]
 
 

@@ -110,11 +110,11 @@ def clean_eval_spec(P, dataset: str | None = None, **changes) -> EvalSpec:
 
 def robust_eval_spec(P, dataset: str | None = None, eps: float | None = None) -> EvalSpec:
     """Robust accuracy on a fixed test subset, attacked against each scored model: AutoAttack 'rand' at
-    `paper`, PGD (at least 10 steps, step eps/2.5) at the CPU profiles; eps defaults to the base models'."""
+    `paper` (P.robust_attack), PGD (at least 10 steps, step eps/2.5) at the CPU profiles; eps defaults to the base models'."""
     eps = P.base.pgd_eps if eps is None else eps
     step = P.base.pgd_step if eps == P.base.pgd_eps else eps / 2.5
     return EvalSpec(DataSpec(dataset or P.end_dataset, "test", subset=P.robust_eval_subset, seed=1),
-                    attack="autoattack" if P.name == "paper" else "pgd", eps=eps, pgd_step=step,
+                    attack=P.robust_attack, eps=eps, pgd_step=step,
                     pgd_steps=max(P.base.pgd_steps, 10), autoattack_iter=P.autoattack_iter,
                     autoattack_eot=P.autoattack_eot)
 

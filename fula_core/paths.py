@@ -84,7 +84,8 @@ def save_table(df, name: str, *, profile: str, notebook: str, config=None) -> pa
     Columns of arrays (the per-image `scores` of experiments.eval_rows) stay in the cache, not in the CSV."""
     folder = figures_dir(profile)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = [c for c in df.columns if len(df) and hasattr(df[c].iloc[0], "shape")]
+    # an array has ndim >= 1; a NumPy scalar (every number a DataFrame hands back) has a shape too, but ndim 0
+    arrays = [c for c in df.columns if len(df) and getattr(df[c].iloc[0], "ndim", 0) > 0]
     path = folder / f"{name}.csv"
     df.drop(columns=arrays).to_csv(path, index=False)
     _record(profile, name, notebook, config, [path.name])

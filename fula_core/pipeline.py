@@ -28,7 +28,7 @@ import time
 import warnings
 
 from . import paths
-from .config import PROFILES, get_profile
+from .config import PROFILES, SHRUNK_SUFFIX, get_profile, profile_names
 from .paths import REPO
 from .store import ResultStore, read_json_object, update_json
 
@@ -142,8 +142,8 @@ def run(profile: str, only: list[str] | None = None, params: dict | None = None,
         jobs: int = 1) -> None:
     import papermill
 
-    if profile not in PROFILES:
-        raise SystemExit(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if profile not in profile_names():
+        raise SystemExit(f"unknown profile {profile!r}: choose one of {', '.join(profile_names())}")
     for name in params or {}:
         if name in RUNNER_OWNED:
             raise SystemExit(f"--param {name}: {name} is set by the runner; use {RUNNER_OWNED[name]} instead")
@@ -295,6 +295,13 @@ def _run_pool(commands: dict[str, list[str]], jobs: int, threads: int, log_dir: 
             log.close()
 
 
+def _profile_args(profile: str) -> list[str]:
+    """The pipeline's options that select `profile` ("paper-shrunk" is `--profile paper --shrink`)."""
+    if profile.endswith(SHRUNK_SUFFIX):
+        return ["--profile", profile[:-len(SHRUNK_SUFFIX)], "--shrink"]
+    return ["--profile", profile]
+
+
 def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, device: str, jobs: int) -> None:
     """The zoo's missing base models first, then the notebooks, `jobs` processes at a time."""
     from .zoo import missing_models
@@ -308,7 +315,7 @@ def run_parallel(profile: str, selected: list[pathlib.Path], params: dict, devic
                   jobs, threads, log_dir, "train")
     extra = [arg for k, v in params.items() for arg in ("--param", f"{k}={v!r}")]
     ordered = longest_first(selected, profile)
-    _run_pool({nb.name: [sys.executable, "-m", "fula_core.pipeline", "--profile", profile, "--device", device,
+    _run_pool({nb.name: [sys.executable, "-m", "fula_core.pipeline", *_profile_args(profile), "--device", device,
                          "--jobs", "1", "--only", nb.name[:2], *extra] for nb in ordered},
               jobs, threads, log_dir, "notebook")
 
@@ -442,6 +449,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="run_all.sh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=list(PROFILES))
+    parser.add_argument("--shrink", action="store_true",
+                        help="run the profile's structure at toy sizes (config.shrink: every architecture, data set, "
+                             "testbed and figure, with 1 epoch, width 4, a few images): a proof that every code path "
+                             "of the profile runs, in minutes. Results go under '<profile>-shrunk' "
+                             "(cache, figures, executed), never under the profile's own name")
     parser.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. --only 00 03")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -463,6 +475,7 @@ def main(argv=None) -> None:
     parser.add_argument("--publish", action="store_true",
                         help="afterwards copy the executed notebooks into notebooks/ (quick) or tests/smoke_notebooks/ (smoke)")
     args = parser.parse_args(argv)
+    profile = args.profile + SHRUNK_SUFFIX if args.shrink else args.profile
     if args.output_root:
         os.environ["FULA_OUTPUT_DIR"] = args.output_root
     prepare_environment()
@@ -474,12 +487,12 @@ def main(argv=None) -> None:
     if args.executor == "ray":
         from .ray_executor import run_units
 
-        run_units(args.profile, only=args.only, address=args.address, device=args.device, num_cpus=args.ray_cpus)
-    run(args.profile, args.only, dict(parse_param(p) for p in args.param), args.device, resolve_jobs(args.jobs, args.device))
+        run_units(profile, only=args.only, address=args.address, device=args.device, num_cpus=args.ray_cpus)
+    run(profile, args.only, dict(parse_param(p) for p in args.param), args.device, resolve_jobs(args.jobs, args.device))
     if args.publish:
-        for path in publish(args.profile, args.only):
+        for path in publish(profile, args.only):
             print(f"[fula] published {path.relative_to(REPO)}")
-    print(f"[fula] all done in {time.time() - started:.0f}s; figures in {paths.figures_dir(args.profile)}/")
+    print(f"[fula] all done in {time.time() - started:.0f}s; figures in {paths.figures_dir(profile)}/")
 
 
 if __name__ == "__main__":

@@ -238,16 +238,20 @@ def figure8(res: Results, arch: str | None = None, tasks=TASKS, title: str | Non
     return fig
 
 
-def appendix_figures(res: Results) -> dict:
-    """Figs 19-24 (profiles with several architectures): name -> figure, one per architecture and task."""
+def appendix_figure_names(P) -> list[tuple[str, str, str]]:
+    """(arch, task, figure name) of Figs 19-24: only at profiles with more than one architecture."""
     from .plots import SHORTCUT_FIGURES
 
-    P = res.plan.profile
     if len(P.archs) < 2:
-        return {}
-    return {f"fig{no}_{task}_task_shortcuts_{arch}": figure8(res, arch, (task,), f"{task.capitalize()}-task "
-                                                              f"stitching under shortcuts ({arch})")
-            for arch in P.archs for task, no in zip(TASKS, SHORTCUT_FIGURES[arch])}
+        return []
+    return [(arch, task, f"fig{no}_{task}_task_shortcuts_{arch}") for arch in P.archs
+            for task, no in zip(TASKS, SHORTCUT_FIGURES[arch])]
+
+
+def appendix_figures(res: Results) -> dict:
+    """Figs 19-24 (profiles with several architectures): name -> figure, one per architecture and task."""
+    return {name: figure8(res, arch, (task,), f"{task.capitalize()}-task stitching under shortcuts ({arch})")
+            for arch, task, name in appendix_figure_names(res.plan.profile)}
 
 
 # ----------------------------------------------------------------------------------------------------

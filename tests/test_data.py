@@ -11,6 +11,7 @@ from PIL import Image
 
 from fula_core import data
 from fula_core.data import DATASET_INFO, DataNotFoundError, ImageSet
+from fula_core.tiny_data import write_cifar, write_ls_imagenet10, write_paper_data
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -20,28 +21,6 @@ from fula_core.data import DATASET_INFO, DataNotFoundError, ImageSet
 def _rgb_rows(images_nchw: np.ndarray) -> np.ndarray:
     """[N, 3, S, S] -> [N, 3*S*S] rows, channel-major, as CIFAR and Imagenet32 store them."""
     return images_nchw.reshape(len(images_nchw), -1)
-
-
-def write_cifar(folder, per_batch=4, seed=0):
-    """A miniature cifar-10-batches-py folder: 5 train batches, a test batch and batches.meta, pickled
-    dicts with the keys of the real files. Returns the train and test arrays written."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    written = {"train": ([], []), "test": ([], [])}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        batch = {"batch_label": f"{name} of 5", "labels": labels, "data": _rgb_rows(images),
-                 "filenames": [f"img_{i}.png" for i in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-        split = "test" if name == "test_batch" else "train"
-        written[split][0].append(images)
-        written[split][1].extend(labels)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"num_cases_per_batch": per_batch, "label_names": list(data.CIFAR10_CLASSES),
-                     "num_vis": 3072}, f, protocol=2)
-    return {s: (np.concatenate(imgs), np.array(lbls)) for s, (imgs, lbls) in written.items()}
 
 
 def write_idx(path, array: np.ndarray, compress=True):
@@ -112,6 +91,20 @@ def test_cifar10_reads_python_batches_from_data_root(monkeypatch, tmp_path):
         # Channel-major rows decoded the right way round: compare with the arrays written.
         assert np.array_equal(ds.images.numpy(), written[split][0])
         assert np.array_equal(ds.labels.numpy(), written[split][1])
+
+
+def test_tiny_paper_data_reads_back_through_the_loaders(tmp_path):
+    """The shrunk paper run's data (tiny_data.write_paper_data): both sets load with every class present,
+    as many images as asked, and exactly the arrays written."""
+    write_paper_data(tmp_path, train_images=40, test_images=20)
+    for name in ("cifar10", "ls_imagenet10"):
+        for split, n in (("train", 40), ("test", 20)):
+            ds = data.load(name, split, root=tmp_path)
+            assert len(ds) == n and ds.images.shape[1:] == (3, 32, 32)
+            assert sorted(set(ds.labels.tolist())) == list(range(10)), (name, split)
+    written = write_ls_imagenet10(tmp_path / "again", train_per_class=2, val_per_class=1)
+    ds = data.load("ls_imagenet10", "test", root=tmp_path / "again")
+    assert np.array_equal(ds.images.numpy(), written["test"][0]) and np.array_equal(ds.labels.numpy(), written["test"][1])
 
 
 def test_cifar10_accepts_the_batches_folder_itself(tmp_path):

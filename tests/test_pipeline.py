@@ -87,3 +87,19 @@ def test_paper_zoo_lists_all_table1_models_and_paper2_fronts():
     assert {"ls_imagenet10_1", "ls_imagenet10_2", "ls_imagenet10_3", "cifar10_0 robust (replace AT)"} <= set(extra)
     assert extra["cifar10_2 robust (replace AT)"].adv_mode == "replace"  # paper 2 follows the authors' code
     assert len(zoo.all_zoo_configs(profile)) == 18 + len(extra) - 1  # cifar10_1 is in both
+
+
+def test_save_table_keeps_number_columns_and_leaves_out_arrays(tmp_path, monkeypatch):
+    """A DataFrame's numbers come back as NumPy scalars, which have a `shape` too: the per-image score arrays
+    are left out of the CSV, the numbers are not (the shrunk paper run's Table 1 had lost every number)."""
+    import numpy as np
+    import pandas as pd
+
+    from fula_core import paths
+
+    monkeypatch.setenv("FULA_OUTPUT_DIR", str(tmp_path))
+    df = pd.DataFrame({"model": ["a", "b"], "width": [4, 8], "accuracy": [50.0, 60.5], "robust": [True, False],
+                       "scores": [np.zeros(3), np.ones(3)]})
+    path = paths.save_table(df, "t", profile="smoke", notebook="nb")
+    assert pd.read_csv(path).columns.tolist() == ["model", "width", "accuracy", "robust"]
+    assert pd.read_csv(path).accuracy.tolist() == [50.0, 60.5]

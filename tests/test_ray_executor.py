@@ -130,3 +130,78 @@ def test_a_local_node_that_misses_its_startup_deadline_is_started_again():
     assert flaky.inits == 3 and flaky.shutdowns == 2 and out.getvalue().count("trying again") == 2
     with pytest.raises(SystemExit, match="did not start .3 attempts.*--address auto"):
         ray_executor.start_local(_FlakyRay(failures=3), out=io.StringIO())
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so no handler on the way up can mistake it for a failure to record."""
+
+
+def _dependents(g, uid: str) -> set[str]:
+    """Every unit that needs `uid`, directly or through others."""
+    found, frontier = set(), {uid}
+    while frontier:
+        frontier = {u.uid for u in g.units.values() if set(u.deps) & frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.slow
+def test_a_unit_killed_midway_is_redone_and_nothing_else(tmp_path, monkeypatch):
+    """Notebook 03's units at smoke, run one by one; one stitch pass dies after storing the first of its
+    stitches, and its evaluations never run. `pending` (what a rerun does) lists exactly that pass and the
+    units that need it; a torn checkpoint file left by the kill does not hide it either. The rerun then
+    finishes the pass without retraining the stitch it had stored, and leaves nothing pending."""
+    from fula_core import store as store_module
+
+    monkeypatch.setenv("FULA_CACHE_DIR", str(tmp_path / "cache"))
+    g = units.enumerate_units("smoke")
+    store = ResultStore(paths.cache_dir("smoke"))
+    order, cached, todo = ray_executor.pending(g, store, ["03"])
+    assert not cached and todo == order
+    victim = next(u for u in order if u.kind == "stitch_group" and len(u.action.jobs) > 1)
+    doomed = _dependents(g, victim.uid) & {u.uid for u in order}
+    assert doomed and all(g.units[d].kind == "eval_group" for d in doomed)
+
+    real_save = store_module.ResultStore.save
+    saved = []
+
+    def save_then_die(self, kind, config, payload):
+        real_save(self, kind, config, payload)
+        if kind == "stitch":
+            saved.append(config)
+            raise Killed()
+
+    for u in order:
+        if u.uid in doomed:
+            continue  # its worker never started: the pass it needs died
+        if u is victim:
+            monkeypatch.setattr(store_module.ResultStore, "save", save_then_die)
+            with pytest.raises(Killed):  # execute_unit's log handling lets it through only after logging
+                u.action(g.profile, store, "cpu", progress=False)
+            monkeypatch.setattr(store_module.ResultStore, "save", real_save)
+        else:
+            ray_executor.execute_unit(u, "smoke", "cpu", str(tmp_path / "logs" / f"{u.kind}.log"))
+    assert len(saved) == 1 and not victim.done(store)  # one stitch of the pass is stored, the pass is not done
+    # the kill also tore the pass's checkpoint file mid-write (atomic_save prevents this; a full disk or a
+    # copied-in cache could still leave one): it must neither count as a result nor stop the rerun
+    group, rest = victim.action.group, victim.action.jobs[1:]
+    torn = store.checkpointer("stitch_batch", {"jobs": [group.key(j) for j in rest]}).path
+    torn.parent.mkdir(parents=True, exist_ok=True)
+    torn.write_bytes(b"PK\x03\x04 torn")
+
+    _, cached, todo = ray_executor.pending(g, store, ["03"])
+    assert [u.uid for u in todo] == [u.uid for u in order if u.uid in doomed | {victim.uid}]
+    assert todo[0] is victim  # the pass first, then what needs it (dependency order)
+    assert cached == {u.uid for u in order} - doomed - {victim.uid}
+
+    from fula_core import experiments
+
+    trained = []
+    real_train = experiments.train_stitches
+    monkeypatch.setattr(experiments, "train_stitches", lambda f, e, jobs, *a, **k: trained.extend(jobs) or
+                        real_train(f, e, jobs, *a, **k))
+    for u in todo:
+        ray_executor.execute_unit(u, "smoke", "cpu", str(tmp_path / "logs" / "rerun.log"))
+    assert trained == list(rest)  # the stored stitch was not trained again
+    assert not torn.exists()  # the torn checkpoint was replaced, and cleared once the pass was stored
+    assert ray_executor.pending(g, store, ["03"])[2] == []
