@@ -11,7 +11,7 @@ selenium/chromedriver dependency. Steps:
   3. open the notebook in headless Chromium (it must not be marked modified on open: the kernelspec is
      what publish writes) and run all cells (JupyterLab's "Run All Cells" command);
   4. assert the explorer widget rendered (its dropdowns, the result table, the views' figures) and the
-     notebook's checks passed; then pick a stitch that is not trained yet (another front point), press
+     notebook's verdict table says HOLDS; then pick a stitch that is not trained yet (another front point), press
      "Train this stitch", and assert the immediate "Training started" status and the "trained just now" result;
   5. save a screenshot of the explorer. Exit status 0 on success; every failure says which step failed.
 The cache is FULA_CACHE_DIR (default: the repository's cache/), so a second run finds the smoke models.
@@ -128,18 +128,15 @@ def view_screenshots(dt: DevTools, folder: pathlib.Path, profile: str) -> list[t
     """Cut each of the explorer's figures out of the page (found by their alt text, the view's name)."""
     saved = []
     for name in VIEWS:
-        rect = dt.js(f"""(() => {{
-            const img = document.querySelector('.widget-html img[alt="{name}"]');
-            if (!img) return null;
-            img.scrollIntoView({{block: 'start'}});
-            const r = img.getBoundingClientRect();
-            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}};
-        }})()""")
-        if not rect:
+        selector = json.dumps(f'.widget-html img[alt="{name}"]')
+        if not dt.js(f"""(() => {{ const img = document.querySelector({selector});
+            if (img) img.scrollIntoView({{block: 'start'}}); return !!img; }})()"""):
             continue  # e.g. no IRI set cached for this front point: the view is not drawn
-        time.sleep(0.5)
-        data = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                       clip={**rect, "scale": 1})["data"]
+        time.sleep(1.0)  # measure after JupyterLab has scrolled and laid out its cells
+        rect = dt.js(f"""(() => {{ const r = document.querySelector({selector}).getBoundingClientRect();
+            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}}; }})()""")
+        # inside the viewport (no captureBeyondViewport: its resize makes JupyterLab lay the notebook out again)
+        data = dt.call("Page.captureScreenshot", format="png", clip={**rect, "scale": 1})["data"]
         path = folder / f"explorer_{profile}_{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
@@ -160,6 +157,8 @@ def main(argv=None) -> int:
                     help="the notebook's profile (quick and paper need their models in the cache)")
     ap.add_argument("--views", default=None, help="folder for one PNG per view (explorer_<profile>_<view>.png)")
     args = ap.parse_args(argv)
+    # `timeout` and job schedulers send SIGTERM: leave through `finally`, which stops JupyterLab and Chromium
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     work = pathlib.Path(tempfile.mkdtemp(prefix="fula-browser-"))
     procs: list[subprocess.Popen] = []
@@ -231,7 +230,8 @@ def main(argv=None) -> int:
             if "Traceback" in out:
                 raise RuntimeError("a cell failed:\n" + out[-3000:])
             prompts = dt.js("[...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent)")
-            return "CKA of a layer with itself is 1" in out and not any("*" in p for p in prompts or [])
+            # the last cell renders the notebook's verdict table (its one claim)
+            return "self_stitch_keeps_accuracy" in out and not any("*" in p for p in prompts or [])
 
         wait_for("the notebook to run to its checks", finished, args.timeout, every=5)
         ran = time.time() - started
@@ -255,8 +255,11 @@ def main(argv=None) -> int:
             problems.append(f"expected the views' figures (>= 2 images), found {widget['images']}")
         if not any(text == "Train this stitch" and whole for text, whole in widget["button"]):
             problems.append(f"the train button's label is missing or cut off: {widget['button']}")
-        if "[ok] the views show" not in text_of(dt, ".jp-OutputArea-output"):
-            problems.append("the notebook's checks did not report the views")
+        verdict = dt.js("""(() => { const rows = [...document.querySelectorAll('.jp-OutputArea-output tr')]
+            .filter(r => r.textContent.includes('self_stitch_keeps_accuracy'));
+            return rows.length ? rows[0].textContent : ''; })()""") or ""
+        if "HOLDS" not in verdict:  # self-stitching keeps the end model's accuracy: the notebook's sanity claim
+            problems.append(f"the notebook's verdict table does not say HOLDS: {verdict.strip()[:200]!r}")
         if problems:
             dt.screenshot(pathlib.Path(args.screenshot).with_suffix(".failed.png"))
             raise AssertionError("; ".join(problems))
