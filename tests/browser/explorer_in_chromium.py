@@ -11,7 +11,7 @@ selenium/chromedriver dependency. Steps:
   3. open the notebook in headless Chromium (it must not be marked modified on open: the kernelspec is
      what publish writes) and run all cells (JupyterLab's "Run All Cells" command);
   4. assert the explorer widget rendered (its dropdowns, the result table, the views' figures) and the
-     notebook's verdict table says HOLDS; then pick a stitch that is not trained yet (another front point), press
+     notebook's verdict table shows its verdict (HOLDS beyond smoke); then pick a stitch that is not trained yet (another front point), press
      "Train this stitch", and assert the immediate "Training started" status and the "trained just now" result;
   5. save a screenshot of the explorer. Exit status 0 on success; every failure says which step failed.
 The cache is FULA_CACHE_DIR (default: the repository's cache/), so a second run finds the smoke models.
@@ -258,8 +258,12 @@ def main(argv=None) -> int:
         verdict = dt.js("""(() => { const rows = [...document.querySelectorAll('.jp-OutputArea-output tr')]
             .filter(r => r.textContent.includes('self_stitch_keeps_accuracy'));
             return rows.length ? rows[0].textContent : ''; })()""") or ""
-        if "HOLDS" not in verdict:  # self-stitching keeps the end model's accuracy: the notebook's sanity claim
-            problems.append(f"the notebook's verdict table does not say HOLDS: {verdict.strip()[:200]!r}")
+        # the notebook's sanity claim (self-stitching keeps the end model's accuracy) is judged: at smoke the
+        # numbers mean nothing, so any verdict will do there; at the other profiles it must hold
+        wanted = ("HOLDS", "CONTRADICTED", "INCONCLUSIVE") if args.profile == "smoke" else ("HOLDS",)
+        if not any(w in verdict for w in wanted):
+            problems.append(f"the notebook's verdict table shows no {' / '.join(wanted)}: {verdict.strip()[:200]!r}")
+        print(f"[browser] verdict: {' '.join(verdict.split()[-1:])}", flush=True)
         if problems:
             dt.screenshot(pathlib.Path(args.screenshot).with_suffix(".failed.png"))
             raise AssertionError("; ".join(problems))
