@@ -51,6 +51,8 @@ CHANNELS_SHOWN = 4  # channels of each activation in the image view
 STATUS = {"cached": "from the cache", "trained": "trained just now",
           "not trained": "stitch not trained yet: press the button to train it",
           "models not trained": "a base model is not trained yet: run 00_base_models or press the button"}
+# the explorer's figures, in the order it draws them; each <img> carries its name as alt text
+VIEWS = ("overview", "one_image", "iri")
 AGREEMENT_DEFINITION = (
     "Agreement probability: per test image, the overlap of the stitched model's and the end model's softmax "
     "outputs, $\\sum_c p_S(c)\\,p_g(c) \\,/\\, \\max(\\|p_g\\|^2, \\|p_S\\|^2)$, averaged; 100% only where both "
@@ -448,15 +450,15 @@ class Explorer:
         figs, names = [], []
         if self.model_cached(front_id) and self.model_cached(end_id):
             figs.append(self.overview_figure(front_id, end_id, i, j, objective))
-            names.append("overview")
+            names.append(VIEWS[0])
             info = self.inspect(front_id, end_id, i, j, objective, index)
             if info is not None:
                 figs.append(self.inspect_figure(info))
-                names.append("one_image")
+                names.append(VIEWS[1])
             iri = self.iri_examples(front_id, end_id, i)
             if iri is not None:
                 figs.append(self.iri_figure(iri))
-                names.append("iri")
+                names.append(VIEWS[2])
         pngs = []
         for fig in figs:
             buf = io.BytesIO()
@@ -695,6 +697,7 @@ def format_html(r: dict) -> str:
 # Notebook 06's verdict
 
 NOTEBOOK = "06_explorer"
+SELF_STITCH_CLAIM = "self_stitch_keeps_accuracy"  # the notebook's one claim (the browser test looks for it)
 SELF_TOLERANCE = 2.0  # accuracy points self-stitching at one point may lose and still "keep" the end model's
 
 
@@ -709,7 +712,7 @@ def claim_self_stitch_keeps_accuracy(self_result: dict, tolerance: float = SELF_
     if r.get("accuracy_scores") is None or r.get("end_accuracy_scores") is None:
         raise ValueError(f"{r.get('job')}: no per-image scores (status {r.get('status')!r}): look it up with "
                          f"train_if_missing=True first")
-    claim = claims_lib.Claim("self_stitch_keeps_accuracy", NOTEBOOK, "explorer",
+    claim = claims_lib.Claim(SELF_STITCH_CLAIM, NOTEBOOK, "explorer",
                              f"self-stitching {r['end']} at point {r['front_point'] + 1} keeps its accuracy within "
                              f"{tolerance:g} points", f"stitched accuracy + {tolerance:g} (%)", "end model accuracy (%)",
                              "sanity")

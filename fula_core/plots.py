@@ -205,15 +205,15 @@ def stitching_plot(ax, rows, metric: str = "accuracy", eval_name: str = "test", 
 
 
 def _spread_bars(ax, df: pd.DataFrame, x: str, colour, transform=None, x_of: Callable | None = plot_x,
-                 seed_column: str = "seed") -> None:
+                 seed_column: str = "seed", y: str = "value") -> None:
     """The one way every figure shows spread over stitch seeds: a vertical bar from the lowest to the highest
     per-seed value at each x that has two or more seeds (the curve itself is the mean over seeds). Rows are
     first averaged within a seed, so a panel that pools several points (Fig. 9's mean) still spans seeds
     only. Without a seed column every row counts as one repeat."""
     if seed_column in df.columns:
-        values = df.groupby([x, seed_column])["value"].mean().groupby(level=0)
+        values = df.groupby([x, seed_column])[y].mean().groupby(level=0)
     else:
-        values = df.groupby(x)["value"]
+        values = df.groupby(x)[y]
     lo, hi, n = values.min(), values.max(), values.count()
     several = n[n > 1].index
     if len(several):
@@ -327,7 +327,7 @@ def lines_by(ax, df: pd.DataFrame, *, x: str, y: str = "value", hue: str, order:
             continue
         xs = [x_of(v) if x_of else v for v in s.index]
         if spread:
-            _spread_bars(ax, sub.rename(columns={y: "value"}) if y != "value" else sub, x, palette[h], x_of=x_of)
+            _spread_bars(ax, sub, x, palette[h], x_of=x_of, y=y)
         (line,) = ax.plot(xs, s.values, marker="o", markersize=3, linestyle=linestyle, color=palette[h],
                           label=f"{h}{label_suffix}")
         lines.append(line)

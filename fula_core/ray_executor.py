@@ -186,6 +186,7 @@ def _follow(ray, refs, unit_of, cached, cpus, gpus, log_dir, out) -> dict:
     """Wait for every task, printing the progress line; collect failures (a unit's own, or a dependency's)."""
     pending = list(refs.values())
     finished, failed, not_run = set(), {}, []
+    by_uid = {u.uid: u for u in unit_of.values()}
     cost_total = sum(u.cost for u in unit_of.values())
     cost_done, started, last = 0.0, time.time(), 0.0
     slots = gpus * 2 if gpus else cpus  # roughly how many units run at once
@@ -216,7 +217,6 @@ def _follow(ray, refs, unit_of, cached, cpus, gpus, log_dir, out) -> dict:
                                                             for d in unit_of[r].deps))
             running = min(len(pending) - waiting_on_deps, int(slots) or 1)
             rate = cost_done / (now - started) if cost_done else 0.0
-            by_uid = {u.uid: u for u in unit_of.values()}
             lost = sum(by_uid[u].cost for u in [*failed, *not_run])
             eta = (cost_total - cost_done - lost) / rate if rate else float("nan")
             print(f"[fula ray] units: {len(finished)}/{len(refs)} done ({len(cached)} cached before), "

@@ -34,6 +34,9 @@ import time
 import urllib.request
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from fula_core.claims import VERDICTS  # noqa: E402 -- this checkout's library, found through REPO
+from fula_core.explorer import SELF_STITCH_CLAIM as CLAIM_ID  # noqa: E402 -- notebook 06's one claim
 
 
 def free_port() -> int:
@@ -96,8 +99,10 @@ class DevTools:
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
         return True
 
-    def screenshot(self, path: pathlib.Path) -> None:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: pathlib.Path, clip: dict | None = None) -> None:
+        """The page, or the rectangle `clip` (x, y, width, height in CSS pixels) inside the viewport."""
+        data = self.call("Page.captureScreenshot", format="png",
+                         **({"clip": {**clip, "scale": 1}} if clip else {}))["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
 
@@ -112,7 +117,6 @@ def notebook_copy(folder: pathlib.Path, profile: str = "smoke") -> pathlib.Path:
             cell["source"] = src.splitlines(keepends=True)
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
-    sys.path.insert(0, str(REPO))
     from fula_core.pipeline import KERNELSPEC
 
     nb["metadata"]["kernelspec"] = dict(KERNELSPEC)  # as publish writes it: opening must not rewrite it
@@ -121,11 +125,10 @@ def notebook_copy(folder: pathlib.Path, profile: str = "smoke") -> pathlib.Path:
     return path
 
 
-VIEWS = ("overview", "one_image", "iri")  # the explorer's figures, in the order it draws them
-
-
 def view_screenshots(dt: DevTools, folder: pathlib.Path, profile: str) -> list[tuple[str, pathlib.Path]]:
     """Cut each of the explorer's figures out of the page (found by their alt text, the view's name)."""
+    from fula_core.explorer import VIEWS
+
     saved = []
     for name in VIEWS:
         selector = json.dumps(f'.widget-html img[alt="{name}"]')
@@ -136,10 +139,8 @@ def view_screenshots(dt: DevTools, folder: pathlib.Path, profile: str) -> list[t
         rect = dt.js(f"""(() => {{ const r = document.querySelector({selector}).getBoundingClientRect();
             return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}}; }})()""")
         # inside the viewport (no captureBeyondViewport: its resize makes JupyterLab lay the notebook out again)
-        data = dt.call("Page.captureScreenshot", format="png", clip={**rect, "scale": 1})["data"]
         path = folder / f"explorer_{profile}_{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
+        dt.screenshot(path, clip=rect)
         saved.append((name, path))
     return saved
 
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
                 raise RuntimeError("a cell failed:\n" + out[-3000:])
             prompts = dt.js("[...document.querySelectorAll('.jp-InputArea-prompt')].map(e => e.textContent)")
             # the last cell renders the notebook's verdict table (its one claim)
-            return "self_stitch_keeps_accuracy" in out and not any("*" in p for p in prompts or [])
+            return CLAIM_ID in out and not any("*" in p for p in prompts or [])
 
         wait_for("the notebook to run to its checks", finished, args.timeout, every=5)
         ran = time.time() - started
@@ -256,11 +257,11 @@ def main(argv=None) -> int:
         if not any(text == "Train this stitch" and whole for text, whole in widget["button"]):
             problems.append(f"the train button's label is missing or cut off: {widget['button']}")
         verdict = dt.js("""(() => { const rows = [...document.querySelectorAll('.jp-OutputArea-output tr')]
-            .filter(r => r.textContent.includes('self_stitch_keeps_accuracy'));
+            .filter(r => r.textContent.includes(""" + json.dumps(CLAIM_ID) + """));
             return rows.length ? rows[0].textContent : ''; })()""") or ""
         # the notebook's sanity claim (self-stitching keeps the end model's accuracy) is judged: at smoke the
         # numbers mean nothing, so any verdict will do there; at the other profiles it must hold
-        wanted = ("HOLDS", "CONTRADICTED", "INCONCLUSIVE") if args.profile == "smoke" else ("HOLDS",)
+        wanted = VERDICTS if args.profile == "smoke" else ("HOLDS",)
         if not any(w in verdict for w in wanted):
             problems.append(f"the notebook's verdict table shows no {' / '.join(wanted)}: {verdict.strip()[:200]!r}")
         print(f"[browser] verdict: {' '.join(verdict.split()[-1:])}", flush=True)
