@@ -76,6 +76,13 @@ def arch_figure_names(P: Profile) -> list[str]:
     return [info_figure_name(a) for a in P.info_archs[1:]]
 
 
+def point_label(arch: str) -> str:
+    """The x-axis label of an architecture's figure: its stitch points, numbered from 1."""
+    from .models import num_stitch_points
+
+    return f"stitch point (1-{num_stitch_points(arch)})"
+
+
 def info_testbed(arch: str) -> str:
     """The testbed name of a further architecture's information stitches (plans, units, IRI table)."""
     return f"information ({arch})"

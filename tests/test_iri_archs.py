@@ -58,6 +58,7 @@ def test_paper_plans_the_authors_three_architectures():
     asks = [r for r in T.iri_requests(P, pl) if r.testbed.startswith("information (")]
     assert len(asks) == 12 * 6 + 12 * 13
     assert T.arch_figure_names(P) == ["fig_info_stitching_vgg16", "fig_info_stitching_vit_tiny"]
+    assert [T.point_label(a) for a in pl.arch_info] == ["stitch point (1-6)", "stitch point (1-13)"]
     assert {"fig_info_stitching_vgg16", "fig_info_stitching_vit_tiny"} <= set(figure_list.expected_figures(P))
 
 
