@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import ARCH_TRAIN_OVERRIDES
+from .models import ARCH_TRAIN_OVERRIDES, num_stitch_points
 from .simclr import SimCLRConfig
 from .stitching import StitchConfig
 from .train import TrainConfig
@@ -62,6 +62,15 @@ class Profile:
     iri_step_size: float = 1 / 255  # per step on [0, 1] inputs (paper 2); fewer, larger steps on CPU profiles
     iri_samples: int | None = None  # training images inverted per stitch point (None = all)
     iri_points: tuple[int, ...] = tuple(range(9))  # stitch points of the invariance-aware figures
+    # notebook 05's information-stitching testbed, per architecture: () = the main one (archs[0]) only; else the
+    # main one first, then the others (the authors' configs run it for ResNet-18, VGG-16 and ViT-Tiny/4 alike).
+    # Every other architecture gets its own end model (seed seeds[0]) and, per front seed, cross-seed, SimCLR and
+    # cross-bias fronts, all trained with the paper recipe and the architecture's ARCH_TRAIN_OVERRIDES, and a
+    # figure of its own; the other testbeds and the claims stay the main architecture's
+    iri_archs: tuple[str, ...] = ()
+    # their stitch points (0-based): arch -> points; an architecture not listed uses all of its points, as the
+    # authors do (front_layer_index null). The main architecture uses iri_points
+    iri_arch_points: dict = field(default_factory=dict)
     iri_front_seeds: tuple[int, ...] = (1, 2, 3)  # paper 2: 3 front seeds paired with end seed 0
     # notebook 05: stitch seeds repeated for every front seed (data order, least-squares sample, PGD starts; the
     # IRIs and stitch data follow the front seed). Stitch seed 0 = the authors' runs (the stitch seeded by its front's)
@@ -112,9 +121,29 @@ class Profile:
             raise ValueError(f"robust_attack must be 'pgd' or 'autoattack', got {self.robust_attack!r}")
         if self.class_subset_sampling not in ("per_class", "fixed_total"):
             raise ValueError(f"class_subset_sampling must be 'per_class' or 'fixed_total', got {self.class_subset_sampling!r}")
+        if self.iri_archs and self.iri_archs[0] != self.archs[0]:
+            raise ValueError(f"profile {self.name}: iri_archs must start with the main architecture {self.archs[0]!r}, "
+                             f"got {self.iri_archs}")
+        for arch in self.info_archs:
+            n = num_stitch_points(arch)  # also rejects an unknown architecture
+            bad = [p for p in self.iri_points_of(arch) if not 0 <= p < n]
+            if bad:
+                raise ValueError(f"profile {self.name}: {arch} has stitch points 0..{n - 1}, not {bad}")
         for where, _ in self.notes:
             if where != "all" and not all(w.isdigit() and len(w) == 2 for w in where.split()):
                 raise ValueError(f"profile {self.name}: a note's notebooks must be 'all' or numbers like '01 05', got {where!r}")
+
+    @property
+    def info_archs(self) -> tuple[str, ...]:
+        """The architectures of notebook 05's information-stitching testbed, the main one first."""
+        return tuple(self.iri_archs) or self.archs[:1]
+
+    def iri_points_of(self, arch: str) -> tuple[int, ...]:
+        """The information testbed's stitch points of `arch`: iri_points for the main architecture, else
+        iri_arch_points[arch], else every point of the architecture."""
+        if arch == self.archs[0]:
+            return tuple(self.iri_points)
+        return tuple(self.iri_arch_points.get(arch, range(num_stitch_points(arch))))
 
     def notes_for(self, notebook: str) -> list[str]:
         """The notes that concern notebook `notebook` ("01", or a name starting with its number)."""
@@ -133,11 +162,16 @@ class Profile:
                                       **{k: v for k, v in self.robust_overrides.items() if k not in overrides})
         return cfg
 
-    def simclr_config(self, seed: int) -> SimCLRConfig:
-        """The SimCLRConfig of the profile's cross-supervision front of `seed` (end task, main architecture)."""
-        return SimCLRConfig(dataset=self.end_dataset, arch=self.archs[0], width=self.base.width, seed=seed,
+    def simclr_config(self, seed: int, arch: str | None = None) -> SimCLRConfig:
+        """The SimCLRConfig of the profile's cross-supervision front of `seed` (end task; default: the main
+        architecture). An architecture with a learning-rate override (VGG-16, ViT-Tiny: 0.01) pre-trains and
+        probes at that rate, as the authors' SimCLR configs of those architectures do (their one `lr` serves both)."""
+        arch = arch or self.archs[0]
+        lr = ARCH_TRAIN_OVERRIDES.get(arch, {}).get("lr")
+        rates = {} if lr is None else {"lr": lr, "probe_lr": lr}
+        return SimCLRConfig(dataset=self.end_dataset, arch=arch, width=self.base.width, seed=seed,
                             epochs=self.simclr_epochs, train_subset=self.simclr_train_subset,
-                            **self.simclr_overrides)
+                            **{**rates, **self.simclr_overrides})
 
 
 _FMNIST_EPS = 0.1  # Fashion-MNIST's common L-inf budget (Madry et al. use 0.1 for MNIST-like data)
@@ -266,6 +300,9 @@ PROFILES: dict[str, Profile] = {
         # EOT 1, not the 'rand' version's 20: our eval-mode models are deterministic, so the 20 EOT gradients are
         # identical (a probe: 90.7 s against 5.7 s for the same robust accuracy)
         autoattack_eot=1, robust_attack="autoattack", iri_steps=200, iri_samples=None,
+        # notebook 05's information testbed on paper 2's three architectures, each at all its points (the authors'
+        # configs/information_stitching/low_resolution/{resnet18,vgg16,vit_tiny_patch4_32})
+        iri_archs=("resnet18", "vgg16", "vit_tiny"),
         notes=(("01", "AutoAttack 'rand' (100 APGD iterations, EOT 1) on 1000 test images per stitched model, not all 10000"),),
     ),
 }
@@ -314,6 +351,9 @@ def shrink(P: Profile) -> Profile:
         # fewer than a batch) and all ten; the smoke profile runs k = 1 (with its fixed-total sampling)
         class_subset_ks=(5, 10),
         iri_steps=2, iri_step_size=8 / 255, iri_samples=32, iri_points=(2, 8), iri_front_seeds=P.iri_front_seeds[:1],
+        # the other architectures of the information testbed: their first and last points (the ends of their
+        # point lists, as stitch_points keeps for the main one)
+        iri_arch_points={a: (0, num_stitch_points(a) - 1) for a in P.info_archs[1:]},
         simclr_epochs=1, simclr_train_subset=64, simclr_overrides={**P.simclr_overrides, "batch_size": 32,
                                                                      "probe_batch_size": 32},
         cross_bias_overrides={**P.cross_bias_overrides, "train_subset": 96},

@@ -107,6 +107,25 @@ DIFFERENCES: tuple[Difference, ...] = (
         "minibatches of 128; 'CKA on IRIs' inverts the test images", "the same",
         "invariance.cka_per_point(batch_size=128)", "(no difference left; listed because it changed)", ("05",)),
     Difference(
+        "notebook 05 on VGG-16 and ViT-Tiny/4", "authors' code",
+        "every testbed for both (configs/{information,adversarial,backdoor}_stitching, cka and sanity_stitching "
+        "under low_resolution/{vgg16,vit_tiny_patch4_32}), one figure per architecture",
+        "the information testbed for both (its four pairs and fronts per architecture, all 6 and 13 points, the "
+        "same stitch training and seeds), one figure each; the adversarial, shortcut and CKA testbeds, the claims "
+        "and the fronts table stay ResNet-18's",
+        "Profile.iri_archs, Profile.iri_arch_points",
+        "issue 12 asked for the information testbed; paper 2's text states its findings for ResNet-18 only. The "
+        "other testbeds per architecture are left to do", ("05",)),
+    Difference(
+        "VGG-16 head", "authors' code",
+        "torchvision's ImageNet head: the 1x1 map of a 32x32 input pooled to 7x7 (25,088 inputs), two hidden "
+        "layers of 4096, dropout 0.5",
+        "1x1 pooling and two hidden layers of 8 x width (512 at `paper`), dropout 0.5, as CIFAR VGGs",
+        "models.vgg16",
+        "the stitch points lie in `features`, so stitching does not see the head; the pooled 7x7 copy of a 1x1 "
+        "map adds 100M weights and no information. The head is also the SimCLR front's probe (their "
+        "get_classifier), trained the same way", ("05",)),
+    Difference(
         "train-mode BatchNorm of stitched models", "authors' code",
         "targets with BN momentum 0; the stitched forward updates the front's statistics and g_{>j}'s",
         "the same (each job keeps its own copy of the statistics)",

@@ -1,7 +1,8 @@
 """Which figures and tables a run of a profile writes (figures/<profile>/MANIFEST.json), stated once.
 
 The notebooks name most outputs literally; the ones that depend on the profile (the appendix figures of the
-other architectures: Figs 13-30, only at profiles with several) come from the same functions the notebooks
+other architectures: Figs 13-30, and notebook 05's information figure per further architecture, only at
+profiles with several) come from the same functions the notebooks
 call, so this list cannot drift from what they draw for those. `expected_outputs(P)` is what a complete run
 of P must leave in its manifest; the shrunk paper run (tests/test_paper_shrunk.py) checks it.
 """
@@ -34,7 +35,7 @@ FIXED = {
 def expected_outputs(P: Profile) -> dict[str, str]:
     """name -> notebook of every figure and table a complete run of `P` records in its MANIFEST.json (a table
     and a figure of one name, e.g. fig08_shortcuts, share one manifest entry). Notebooks 06 and 07 save none."""
-    from . import adversarial, class_subsets, crosslayer, shortcut_stitching
+    from . import adversarial, class_subsets, crosslayer, iri_testbeds, shortcut_stitching
 
     out = {name: nb for nb, items in FIXED.items() for name, _ in items}
     out.update({name: "01_adversarial" for *_, name in adversarial.appendix_figures(P)})  # Figs 13-18
@@ -42,6 +43,8 @@ def expected_outputs(P: Profile) -> dict[str, str]:
     out.update({name: "03_class_subsets" for _, name in class_subsets.appendix_figure_names(P)})  # Figs 25-27
     for arch in P.archs:  # Fig 10 (main architecture) and Figs 28-30
         out.update({name: "04_cross_layer" for name in crosslayer.figure_names(P, arch)})
+    # notebook 05's information figure of each further architecture (Profile.iri_archs: VGG-16, ViT-Tiny at paper)
+    out.update({name: "05_invariance_aware" for name in iri_testbeds.arch_figure_names(P)})
     return out
 
 

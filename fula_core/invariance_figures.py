@@ -185,11 +185,13 @@ def _ordered(df, column, order):
 
 def plot_panels(df, *, panel: str, y: str = "value", x: str = "layer", rows: str | None = None,
                 hue: str = "objective_name", style: str | None = "data", panel_order=None, row_order=None,
-                hue_order=None, ylabel: str = "", chance: float | None = None, ylim=None, title: str | None = None):
+                hue_order=None, ylabel: str = "", chance: float | None = None, ylim=None, title: str | None = None,
+                xlabel: str = "stitch point (1-9)"):
     """One panel per value of `panel` (columns) and of `rows` (rows): `y` against `x` for every `hue` (colour)
     and `style` (solid real data, dashed IRIs). Rows sharing (panel, row, hue, style, x), e.g. the front
     and stitch seeds, are drawn as their mean with a min-max band. NaNs (stopped stitches) are left out.
-    x: "layer" (the paper's 1..9, the default) or a 0-based "point" column, shown as the paper's numbers.
+    x: "layer" (the paper's 1..9, the default) or a 0-based "point" column, shown as the paper's numbers;
+    `xlabel` names it (another architecture: its own point count, iri_testbeds.point_label).
     Returns the figure."""
     import matplotlib.pyplot as plt
 
@@ -247,7 +249,7 @@ def plot_panels(df, *, panel: str, y: str = "value", x: str = "layer", rows: str
             heading = str(panel_value) if rows is None else f"{panel_value}\n{row_value}"
             ax.set_title(heading, fontsize="medium")
             if i == len(row_values) - 1:
-                ax.set_xlabel("stitch point (1-9)")
+                ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(ylabel)
             ax.set_xticks(xs)
@@ -280,7 +282,10 @@ def plot_iri_errors(table, title: str | None = None):
         label = front if marker is None or f"+{marker} markers" in front else f"{front} ({marker} markers in x)"
         ax.plot(layer, d.final_error, "o-", color=colour, label=label)
         ax.plot(layer, d.initial_error, ":", color=colour, alpha=0.6)
-    ax.set(xlabel="stitch point (1-9)", ylabel="relative error", ylim=(0, None),
+    # the ResNets' 9 points; with the further architectures of the information testbed (paper) the numbers are
+    # each front's own (VGG-16 1-6, ViT-Tiny 1-13)
+    xlabel = "stitch point (1-9)" if table.point.max() < 9 else "stitch point (1-based, each front's own)"
+    ax.set(xlabel=xlabel, ylabel="relative error", ylim=(0, None),
            xticks=sorted(table.point.map(plots.plot_x).unique()))
     ax.set_title(title or "IRI inversion error (solid: IRIs, dotted: noise start)", fontsize="medium")
     ax.grid(alpha=0.3)

@@ -14,6 +14,13 @@ or the IRIs x' of the front at the stitch point (invariance.py); it is always sc
   CKA           minibatch linear CKA between f_{<=l} and g_{<=l} on real test images and on their IRIs,
                 beside the chance-normalised agreement of FuLA trained on IRIs (I-FuLA)
 
+The information testbed also runs on the profile's further architectures (Profile.iri_archs; at `paper`
+VGG-16 and ViT-Tiny/4, as the authors' configs/information_stitching/low_resolution/{vgg16,
+vit_tiny_patch4_32} do): the same four pairs, objectives, data modes, seeds and stitch training, with that
+architecture's end model and fronts (zoo.info_arch_configs) at its own points (Profile.iri_points_of), one
+figure each (`fig_info_stitching_<arch>`). Their rows are `Results.info_archs` (with an `arch` column); the
+claims stay the main architecture's, as paper 2's text makes none for the others.
+
 Repeats: every stitch repeats over the front seeds and, for each, over the stitch seeds P.iri_stitch_seeds
 (data order, least-squares sample, PGD starts; the source subset, markers and IRIs follow the front seed
 and are shared by its stitch seeds). Stitch seed 0 uses the front seed itself as the stitch's seed, as
@@ -58,6 +65,28 @@ SHORTCUT_MEASURES = ("agreement", "agreement_correct", "agreement_shifted", "exc
 FIGURES = ("fig_iri_inversion_error", "fig_iri_examples", "fig_info_stitching", "fig_info_adversarial",
            "fig_info_shortcut", "fig_cka_vs_ifula", "fig_toy_compatibility")
 
+
+def info_figure_name(arch: str) -> str:
+    """The information figure of a further architecture (the main one's is fig_info_stitching)."""
+    return f"fig_info_stitching_{arch}"
+
+
+def arch_figure_names(P: Profile) -> list[str]:
+    """The per-architecture information figures a run of P draws (none where it has one architecture)."""
+    return [info_figure_name(a) for a in P.info_archs[1:]]
+
+
+def point_label(arch: str) -> str:
+    """The x-axis label of an architecture's figure: its stitch points, numbered from 1."""
+    from .models import num_stitch_points
+
+    return f"stitch point (1-{num_stitch_points(arch)})"
+
+
+def info_testbed(arch: str) -> str:
+    """The testbed name of a further architecture's information stitches (plans, units, IRI table)."""
+    return f"information ({arch})"
+
 # thresholds of the claims, fixed before any run
 SIMILAR_REAL = 75.0  # "looks similar" on real data: agreement (%) at least this
 NEAR_100 = 95.0  # "stays ~100%": agreement (%) at least this
@@ -82,6 +111,16 @@ def replicate(front_seed: int, stitch_seed: int) -> str:
 
 
 @dataclass(frozen=True)
+class ArchInfo:
+    """The information testbed of one further architecture: its end model, stitch points and fronts."""
+
+    arch: str
+    end_cfg: object
+    points: tuple[int, ...]
+    fronts: dict = field(default_factory=dict)  # (pair, front seed) -> front config, as Plan.info_fronts
+
+
+@dataclass(frozen=True)
 class Plan:
     """The fronts, ends, points and repeats of the four testbeds (no training)."""
 
@@ -96,6 +135,7 @@ class Plan:
     adv_pairs: dict = field(default_factory=dict)  # (front kind, end kind, front seed) -> (front cfg, end cfg)
     shortcut_fronts: dict = field(default_factory=dict)  # front seed -> cross-task front config
     stitch: StitchConfig = StitchConfig()
+    arch_info: dict = field(default_factory=dict)  # further architecture -> ArchInfo (information testbed only)
 
     def stitch_config(self, front_seed: int, stitch_seed: int) -> StitchConfig:
         return dataclasses.replace(self.stitch, seed=stitch_seed_of(front_seed, stitch_seed))
@@ -114,12 +154,16 @@ class Plan:
         return {"information": r // len(self.front_seeds) * len(self.info_fronts) * 2 * len(OBJECTIVES) * len(self.points),
                 "adversarial": r // len(self.front_seeds) * len(self.adv_pairs) * 2 * len(self.adv_points)
                 * sum(len(self.adv_objectives(a)) for a in self.adv_alphas),
-                "shortcut": r * len(MARKERS) * 2 * len(OBJECTIVES) * len(self.shortcut_points)}
+                "shortcut": r * len(MARKERS) * 2 * len(OBJECTIVES) * len(self.shortcut_points),
+                **{info_testbed(arch): len(self.stitch_seeds) * len(a.fronts) * 2 * len(OBJECTIVES) * len(a.points)
+                   for arch, a in self.arch_info.items()}}
 
     def summary(self) -> pd.DataFrame:
         rows = self.expected_rows()
-        pairs = {"information": len(PAIRS), "adversarial": 4, "shortcut": len(MARKERS)}
-        points = {"information": self.points, "adversarial": self.adv_points, "shortcut": self.shortcut_points}
+        pairs = {"information": len(PAIRS), "adversarial": 4, "shortcut": len(MARKERS),
+                 **{info_testbed(arch): len(PAIRS) for arch in self.arch_info}}
+        points = {"information": self.points, "adversarial": self.adv_points, "shortcut": self.shortcut_points,
+                  **{info_testbed(arch): a.points for arch, a in self.arch_info.items()}}
         return pd.DataFrame([{"testbed": t, "pairs": pairs[t], "front seeds": len(self.front_seeds),
                               "stitch seeds": len(self.stitch_seeds), "points": ", ".join(str(plot_x(p)) for p in points[t]),
                               "stitches": n, "with AutoAttack": n if t == "adversarial" else 0}
@@ -143,8 +187,19 @@ def plan(P: Profile) -> Plan:
             for ek, ec in (("clean", end_cfg), ("robust", robust_end)):
                 adv[fk, ek, s] = (fc, ec)
         short[s] = z[f"{P.cross_dataset}_{s}"]
+    arch_info = {}
+    for arch in P.info_archs[1:]:  # the same four pairs per further architecture, from its own zoo models
+        za = zoo.info_arch_configs(P, arch)
+        end_a = za[f"{P.end_dataset}_{P.seeds[0]} {arch}"]
+        fronts = {}
+        for s in P.iri_front_seeds:
+            fronts["identical", s] = end_a
+            fronts["cross-seed", s] = za[f"{P.end_dataset}_{s} {arch}"]
+            fronts["cross-supervision", s] = za[f"{P.end_dataset}_{s} simclr {arch}"]
+            fronts["cross-bias", s] = za[f"{P.end_dataset}_{s} cross-bias {arch}"]
+        arch_info[arch] = ArchInfo(arch, end_a, P.iri_points_of(arch), fronts)
     return Plan(tuple(P.iri_front_seeds), tuple(P.iri_stitch_seeds), tuple(P.iri_points), tuple(P.iri_adv_points),
-                tuple(P.iri_adv_alphas), tuple(P.iri_shortcut_points), end_cfg, info, adv, short, P.iri_stitch)
+                tuple(P.iri_adv_alphas), tuple(P.iri_shortcut_points), end_cfg, info, adv, short, P.iri_stitch, arch_info)
 
 
 @dataclass(frozen=True)
@@ -199,6 +254,9 @@ def iri_requests(P: Profile, pl: Plan) -> list[IRIRequest]:
     for s, fc in pl.shortcut_fronts.items():
         asks += [IRIRequest(fc, Source("train", s, kind), p, "shortcut") for kind in MARKERS.values()
                  for p in pl.shortcut_points]
+    for arch, a in pl.arch_info.items():
+        for (pair, s), cfg in a.fronts.items():
+            asks += [IRIRequest(cfg, info_sources(P, pair, s)[0], p, info_testbed(arch)) for p in a.points]
     from .store import config_key
 
     seen, out = set(), []
@@ -216,7 +274,8 @@ def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
     r, modes = len(pl.stitch_seeds), 2
     passes = {"information": len(pl.info_fronts) * r * modes * len(pl.points),
               "adversarial": len(pl.adv_pairs) * r * len(pl.adv_alphas) * modes * len(pl.adv_points),
-              "shortcut": len(pl.shortcut_fronts) * len(MARKERS) * r * modes * len(pl.shortcut_points)}
+              "shortcut": len(pl.shortcut_fronts) * len(MARKERS) * r * modes * len(pl.shortcut_points),
+              **{info_testbed(arch): len(a.fronts) * r * modes * len(a.points) for arch, a in pl.arch_info.items()}}
     return {t: (n, pl.expected_rows()[t]) for t, n in passes.items()}
 
 
@@ -234,6 +293,12 @@ class Results:
     toy: pd.DataFrame
     examples: tuple = ()  # (source images, {point: IRIs}) of the cross-seed front of the first seed
     num_classes: int = 10
+    info_archs: pd.DataFrame = field(default_factory=pd.DataFrame)  # the further architectures' info rows (`arch`)
+
+    def info_of(self, arch: str, metric: str = "agreement") -> pd.DataFrame:
+        """One measure of a further architecture's information stitches, for its figure."""
+        d = self.info_archs
+        return d[(d.arch == arch) & (d.metric == metric)].drop(columns=["scores"])
 
     def measure(self, testbed: str, metric: str) -> pd.DataFrame:
         """One measure of a stitch table (`value` its mean), for figures and pivots."""
@@ -361,13 +426,27 @@ def run(P: Profile, store, device, plan_: Plan | None = None, *, data_dir=None, 
                     key={"testbed": "shortcut", "front": fc, "end": pl.end_cfg, "marker": kind, "test_seed": SHORTCUT_TEST_SEED},
                     marker=marker, seed=s, stitch_seed=t, replicate=replicate(s, t))
 
+    arch_rows = []  # the information testbed of the further architectures: their own end model and fronts
+    for arch, a in pl.arch_info.items():
+        arch_end = get(a.end_cfg)
+        for (pair, s), cfg in a.fronts.items():
+            train, scored_on = info_data(pair, s)
+            iris = bank.get(name(cfg), cfg, get(cfg), train, a.points, info_testbed(arch))
+            for t in pl.stitch_seeds:
+                arch_rows += figs.stitch_modes(
+                    store, get(cfg), arch_end, a.points, OBJECTIVES, bank.sources(train), iris, scored_on,
+                    pl.stitch_config(s, t), bn_mode=IRI_BN_MODE, progress=progress,
+                    key={"testbed": "information", "front": cfg, "end": a.end_cfg},
+                    arch=arch, pair=pair, seed=s, stitch_seed=t, replicate=replicate(s, t))
+
     iri_table = bank.table()
     iri_table.insert(iri_table.columns.get_loc("point") + 1, "layer", iri_table.point.map(plot_x))
     cka = pd.DataFrame(cka_rows)
     cka["layer"] = cka.point.map(plot_x)
     res = Results(pd.DataFrame(fronts), iri_table, pd.DataFrame(tidy(info_rows, INFO_MEASURES)),
                   pd.DataFrame(tidy(adv_rows, ADV_MEASURES)), pd.DataFrame(tidy(short_rows, SHORTCUT_MEASURES)),
-                  cka, toy_table(toy.fit_toy()), examples, test.num_classes)
+                  cka, toy_table(toy.fit_toy()), examples, test.num_classes,
+                  pd.DataFrame(tidy(arch_rows, INFO_MEASURES)))
     check_structure(res, pl, n_iri_sets=len(bank))
     return res
 
@@ -390,6 +469,11 @@ def check_structure(res: Results, pl: Plan, *, n_iri_sets: int | None = None) ->
             problems.append(f"{testbed}: {len(df)} rows, expected {n} ({expected[testbed]} stitches x {len(measures)} measures)")
         elif df.scores.isna().any():
             problems.append(f"{testbed}: rows without per-image scores (a stale cache? INVARIANCE_VERSION)")
+    for arch in pl.arch_info:
+        n = expected[info_testbed(arch)] * len(INFO_MEASURES)
+        got = int((res.info_archs.arch == arch).sum()) if len(res.info_archs) else 0
+        if got != n:
+            problems.append(f"{info_testbed(arch)}: {got} rows, expected {n}")
     n_cka = 2 * len(pl.info_fronts) * len(pl.points)
     if len(res.cka) != n_cka:
         problems.append(f"CKA: {len(res.cka)} rows, expected {n_cka}")
@@ -402,7 +486,9 @@ def check_structure(res: Results, pl: Plan, *, n_iri_sets: int | None = None) ->
 def stopped(res: Results) -> list[str]:
     """Jobs whose training stopped on a non-finite loss (their scores are NaN; claims leave them out)."""
     out = []
-    for df in (res.info, res.adv, res.shortcut):
+    for df in (res.info, res.adv, res.shortcut, res.info_archs):
+        if df.empty:
+            continue
         bad = df[df.error.notna() & (df.error.astype(str) != "") & (df.error.astype(str) != "None")]
         out += sorted(set(bad.job))
     return out

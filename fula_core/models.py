@@ -228,6 +228,16 @@ def vit_tiny(num_classes: int, in_channels: int = 3, width: int = 64, image_size
                       input_range=(-1.0, 1.0), input_shape=(in_channels, image_size, image_size))
 
 
+def num_stitch_points(arch: str) -> int:
+    """The number of stitch points of a zoo architecture, without building it (9 for the ResNets, the
+    authors' 6 for VGG-16 and 13 for ViT-Tiny/4)."""
+    if arch in WRAPPED_ARCHITECTURES:
+        return len(WRAPPED_ARCHITECTURES[arch])
+    if arch in ARCHITECTURES:
+        return NUM_STITCH_POINTS
+    raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join([*ARCHITECTURES, *WRAPPED_ARCHITECTURES])}")
+
+
 def build(arch: str, num_classes: int, in_channels: int = 3, width: int = 64, image_size: int = 32):
     """Build a network of the zoo with its stitch points.
 

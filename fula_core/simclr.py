@@ -22,6 +22,11 @@ follows the authors' code (github.com/athaioan/invariance-aware-stitching @ 5815
    running statistics are re-estimated on plain (not SimCLR-distorted) images. The result is an ordinary
    StitchableResNet that plugs into stitching as a front model.
 
+Paper 2's other architectures (models.vgg16, models.vit_tiny) follow the authors' make_simclr_model and
+get_classifier: VGG-16's encoder ends at its pooled, flattened features and its probe is the whole
+classifier (three linear layers with ReLU and dropout); ViT-Tiny's encoder ends at the class-token feature
+and its probe is the linear head. Their authors' configs pre-train and probe at lr 0.01 (Profile.simclr_config).
+
 Where this differs from the authors' code, and why:
   * Views are made on the device, in batches: crop boxes are continuous (bilinear resampling of a
     sub-pixel box) rather than whole-pixel PIL crops; the distributions of area, aspect, place, flip and
@@ -45,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DATASET_INFO, ImageSet, batches, load, steps_per_epoch
-from .models import MODELS_VERSION, NUM_STITCH_POINTS, StitchableResNet, build
+from .models import MODELS_VERSION, NUM_STITCH_POINTS, WRAPPED_ARCHITECTURES, StitchableResNet, build
 from .store import NO_CHECKPOINT, Checkpointer, ResultStore, config_key
 from .train import model_payload, restore_model
 
@@ -230,9 +235,42 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 # 2. Encoder and projector
 
 
-def features(model: StitchableResNet, x: torch.Tensor) -> torch.Tensor:
-    """The pooled penultimate features h [N, D] (what `model.fc` reads)."""
-    return torch.flatten(F.adaptive_avg_pool2d(model.activations_upto(x, NUM_STITCH_POINTS - 1), 1), 1)
+def _wrapped_kind(model) -> str | None:
+    """"vgg16" / "vit_tiny" for paper 2's wrapped torchvision models (models.build), None for a project ResNet."""
+    if isinstance(model, StitchableResNet):
+        return None
+    inner = getattr(model, "model", None)
+    if hasattr(inner, "classifier") and hasattr(inner, "features"):
+        return "vgg16"
+    if hasattr(inner, "heads") and hasattr(inner.heads, "head"):
+        return "vit_tiny"
+    raise TypeError(f"SimCLR supports the project ResNets and {', '.join(WRAPPED_ARCHITECTURES)}, not {type(inner).__name__}")
+
+
+def probe_head(model) -> nn.Module:
+    """The classifier the probe trains on the frozen encoder (the authors' get_classifier): a ResNet's `fc`,
+    VGG-16's whole `classifier`, ViT-Tiny's linear `head`."""
+    kind = _wrapped_kind(model)
+    if kind is None:
+        return model.fc
+    return model.model.classifier if kind == "vgg16" else model.model.heads.head
+
+
+def feature_dim(model) -> int:
+    """D, the width of the encoder's output h (the probe's input)."""
+    return next(m for m in probe_head(model).modules() if isinstance(m, nn.Linear)).in_features
+
+
+def features(model, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's output h [N, D], what the probe head reads: a ResNet's pooled penultimate features,
+    VGG-16's pooled and flattened last feature map, ViT-Tiny's class-token feature (its last stitch point)."""
+    kind = _wrapped_kind(model)
+    if kind is None:
+        return torch.flatten(F.adaptive_avg_pool2d(model.activations_upto(x, NUM_STITCH_POINTS - 1), 1), 1)
+    if kind == "vgg16":
+        inner = model.model
+        return torch.flatten(inner.avgpool(inner.features(model.preprocess(x))), 1)
+    return model.activations_upto(x, model.num_points - 1)
 
 
 def projector(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -324,7 +362,7 @@ def probe_epoch(model: StitchableResNet, data: ImageSet, opt: torch.optim.Optimi
                         drop_last=True):
         with torch.no_grad(), amp:
             h = features(model, x).float()
-        logits = model.fc(h)
+        logits = probe_head(model)(h)
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -351,14 +389,16 @@ def train_simclr(cfg: SimCLRConfig, data: ImageSet, device="cpu", *, checkpoint:
         raise ValueError(f"no augmentation settings for {data.name!r}: its base name is none of {', '.join(DATASET_INFO)}")
     data = _subset(cfg, data).to(device)
     torch.manual_seed(cfg.seed)  # weight init of encoder (its fc is the probe's start) and projector
-    model = build(cfg.arch, data.num_classes, in_channels=data.images.shape[1], width=cfg.width).to(device)
-    head = projector(model.fc.in_features, cfg.proj_hidden, cfg.proj_dim).to(device)
+    model = build(cfg.arch, data.num_classes, in_channels=data.images.shape[1], width=cfg.width,
+                  image_size=data.images.shape[-1]).to(device)  # the ViT's patch grid follows the images
+    head = projector(feature_dim(model), cfg.proj_hidden, cfg.proj_dim).to(device)
     if torch.device(device).type == "cuda":  # as in train.py: channels-last bf16 convolutions
         model = model.to(memory_format=torch.channels_last)
-    encoder_params = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
+    probe_ids = {id(p) for p in probe_head(model).parameters()}
+    encoder_params = [p for p in model.parameters() if id(p) not in probe_ids]
     opt = torch.optim.SGD(encoder_params + list(head.parameters()), lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    probe_opt = torch.optim.SGD(model.fc.parameters(), lr=cfg.probe_lr, momentum=cfg.momentum,
+    probe_opt = torch.optim.SGD(probe_head(model).parameters(), lr=cfg.probe_lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.probe_weight_decay)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     view_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)

@@ -7,8 +7,11 @@ ones. Same-task stitching pairs end <end>_0 with front <end>_1; cross-task pairs
 Paper 2's testbeds (notebook 05) need more fronts, one per front seed s of the profile (the authors: 1, 2,
 3), all of the main architecture: "<end>_s" (cross-seed; the clean front of the adversarial testbed),
 "<end>_s robust", "<cross>_s" (the shortcut testbed's front), "<end>_s cross-bias" (trained with class
-markers) and "<end>_s simclr" (self-supervised). They are part of the zoo too, so `run_all.sh` trains every
-model before any notebook starts.
+markers) and "<end>_s simclr" (self-supervised). Where the profile runs the information testbed on other
+architectures too (Profile.iri_archs: VGG-16 and ViT-Tiny at `paper`), each of them adds its end model
+"<end>_<seeds[0]> <arch>" and, per front seed, "<end>_s <arch>", "<end>_s cross-bias <arch>" and
+"<end>_s simclr <arch>". They are part of the zoo too, so `run_all.sh` trains every model before any
+notebook starts.
 
     python -m fula_core.zoo --profile quick      # trains (or loads) the zoo and prints Table 1
 """
@@ -58,6 +61,21 @@ def paper2_configs(profile: Profile) -> dict[str, object]:
         configs[f"{end}_{s} cross-bias"] = profile.train_config(end, s, shortcut=profile.cross_bias_shortcut,
                                                                 **profile.cross_bias_overrides)
         configs[f"{end}_{s} simclr"] = profile.simclr_config(s)
+    for arch in profile.info_archs[1:]:  # the information testbed's other architectures
+        configs.update(info_arch_configs(profile, arch))
+    return configs
+
+
+def info_arch_configs(profile: Profile, arch: str) -> dict[str, object]:
+    """The end model and the information testbed's fronts of one further architecture (ids end in ' <arch>'):
+    the same recipes as the main architecture's, with the architecture's ARCH_TRAIN_OVERRIDES."""
+    end = profile.end_dataset
+    configs: dict[str, object] = {f"{end}_{profile.seeds[0]} {arch}": profile.train_config(end, profile.seeds[0], arch=arch)}
+    for s in profile.iri_front_seeds:
+        configs[f"{end}_{s} {arch}"] = profile.train_config(end, s, arch=arch)
+        configs[f"{end}_{s} cross-bias {arch}"] = profile.train_config(end, s, arch=arch, shortcut=profile.cross_bias_shortcut,
+                                                                       **profile.cross_bias_overrides)
+        configs[f"{end}_{s} simclr {arch}"] = profile.simclr_config(s, arch)
     return configs
 
 

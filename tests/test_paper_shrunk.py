@@ -26,7 +26,7 @@ def test_shrink_keeps_the_structure_and_cuts_only_sizes():
     assert S.name == "paper-shrunk" and S != P  # its own cache, figures and executed folders
     for field in ("end_dataset", "cross_dataset", "archs", "seeds", "objectives", "shortcut_kinds",
                   "robust_attack", "paper2_adv_mode", "class_subset_sampling", "cross_bias_shortcut",
-                  "cross_layer_objectives", "iri_adv_alphas", "robust_alpha"):
+                  "cross_layer_objectives", "iri_adv_alphas", "robust_alpha", "info_archs"):
         assert getattr(S, field) == getattr(P, field), field
     assert S.robust_attack == "autoattack"
     assert figure_list.expected_outputs(S) == figure_list.expected_outputs(P)
@@ -40,7 +40,8 @@ def test_shrink_keeps_the_structure_and_cuts_only_sizes():
 
 def test_expected_outputs_of_paper_include_every_appendix_architecture():
     names = figure_list.expected_figures(config.get_profile("paper"))
-    assert len(names) == 38
+    assert len(names) == 40  # 38, and notebook 05's information figure of VGG-16 and of ViT-Tiny
+    assert {"fig_info_stitching_vgg16", "fig_info_stitching_vit_tiny"} <= set(names)
     for number in range(3, 31):  # Figs 3-30 of paper 1 (Figs 1-2 are diagrams)
         assert any(n.startswith(f"fig{number:02d}_") for n in names), number
     smoke = figure_list.expected_figures(config.get_profile("smoke"))  # one architecture: no Figs 13-30
