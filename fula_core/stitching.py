@@ -112,8 +112,8 @@ class StitchConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs: speed settings, not part of the method. The first three are no-ops on the CPU
-    (CPU results are the same with any of them on: tests/test_engine_equality.py); batch_pgd is off on the
-    CPU unless asked for.
+    (CPU results are the same with any of them on: tests/test_engine_equality.py); batch_pgd and batch_clean
+    are off on the CPU unless asked for.
 
     pgd_bf16: craft the training PGD inputs under bf16 autocast (the attack is ~87% of an adversarial job's
         FLOPs). It changes the adversarial inputs slightly: check on a subset that adversarial-stitch

@@ -277,3 +277,20 @@ def test_clean_groups_split_where_a_job_stopped(setup):
     middle = whole.jobs[2][0]
     parts = stitching._clean_groups(eng, [(n, st) for n, st in active if n != middle])
     assert [len(g.jobs) for g in parts] == [2, 3] and all(middle not in dict(g.jobs) for g in parts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batched_clean_jobs_stay_close_to_job_by_job(setup):
+    """On CUDA (bf16 autocast forwards): batch_clean on (the CUDA default) against off, train-mode BN."""
+    front, end, train = setup
+    cfg = dataclasses.replace(CFG, epochs=1, pgd_steps=1)
+    runs = []
+    for flag in (False, True):
+        f, e = copy.deepcopy(front).cuda(), copy.deepcopy(end).cuda()
+        runs.append(stitching.train_stitches(f, e, CLEAN_JOBS, train, cfg, progress=False,
+                                             engine=stitching.EngineConfig(batch_clean=flag)))
+    for a, b in zip(*runs):
+        for k in a.stitch_state:
+            if a.stitch_state[k].is_floating_point():
+                torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=0.05, atol=0.02)
+        assert a.losses == pytest.approx(b.losses, rel=0.05, abs=0.02)

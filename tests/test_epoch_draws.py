@@ -145,3 +145,21 @@ def test_epoch_draws_move_in_one_transfer(monkeypatch):
     assert calls["draw"] == 0
     with pytest.raises(ValueError, match="draws for 64 images"):
         data.augment_uint8(ds.clean_images[:32], 4, True, draws=tuple(t[:64] for t in aug))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_set_with_cpu_generator_draws_per_epoch_by_default(monkeypatch):
+    """A CUDA set with the trainers' CPU generator takes the per-epoch path by default, with the batches (moved
+    back) and the generator state of the per-batch path."""
+    ds = SETS["pixel_markers"]().to("cuda")
+    called = []
+    real = data._epoch_draws
+    monkeypatch.setattr(data, "_epoch_draws", lambda *a: called.append(1) or real(*a))
+    runs = []
+    for per_epoch in (None, False):
+        gen = torch.Generator().manual_seed(11)
+        runs.append(([(x.cpu(), y.cpu()) for x, y in data.batches(ds, 64, shuffle=True, generator=gen, augment_data=True,
+                                                                  draw_per_epoch=per_epoch)], gen.get_state()))
+    assert called == [1]
+    assert torch.equal(runs[0][1], runs[1][1])
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(runs[0][0], runs[1][0]))
