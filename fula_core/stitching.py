@@ -998,6 +998,7 @@ class _CleanGroup:
     stop: int
     parts: list
     through: list
+    bn: list | None = None  # train-BN: per end BN layer, the group's (running mean, running var) views of the bank
 
 
 def _clean_groups(eng: "_Engine", running: list[tuple[int, "_Job"]]) -> list[_CleanGroup]:
@@ -1044,10 +1045,12 @@ def _grouped_train_bn(eng: "_Engine", group: _CleanGroup):
     (A channels_last input cannot be viewed so; reshape copies it, which only costs time.)"""
     layers, bank, jobs = eng.end_layers, eng.end_bank, len(group.jobs)
     reps = eng.bn_consts.setdefault("end_repeated", {})
+    if group.bn is None:  # views, made once per group (the groups are cached while the running jobs stay)
+        group.bn = [bank.group(index, group.first, group.stop) for index in range(len(layers))]
     ran: list[int] = []
     try:
         for index, m in enumerate(layers):
-            mean, var = bank.group(index, group.first, group.stop)
+            mean, var = group.bn[index]
             if (index, jobs) not in reps:  # the frozen affine parameters, once per layer and group size
                 reps[(index, jobs)] = tuple(None if t is None else t.detach().repeat(jobs) for t in (m.weight, m.bias))
             weight, bias = reps[(index, jobs)]
