@@ -25,13 +25,13 @@ else
   STITCH="--device cuda --sizes paper --repeats 1 --no-noise-floor --project"
   BASE="--device cuda --sizes paper --repeats 1"
   DISPATCH="--repeats 1"
-  T_TEST=60; T_STITCH=270; T_BASE=90; T_DISPATCH=45
+  T_TEST=60; T_STITCH=270; T_BASE=90; T_DISPATCH=70
 fi
 status() { echo "$1=$2" >> "$OUT/status.txt"; }
 : > "$OUT/status.txt"
 
 echo "== 1. CUDA unit tests (pytest -k cuda) =="
-timeout $T_TEST "$PY" -m pytest tests/test_engine_equality.py tests/test_stitching.py tests/test_attacks.py -k cuda -q \
+timeout $T_TEST "$PY" -m pytest tests/test_engine_equality.py tests/test_stitching.py tests/test_attacks.py tests/test_epoch_draws.py -k cuda -q \
   -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.txt" | tail -3
 status pytest "${PIPESTATUS[0]}"
 

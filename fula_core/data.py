@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shortcuts import MarkerSpec, paste_markers
+from .shortcuts import MarkerSpec, draw_marker_randomness, paste_markers
 
 SPLITS = ("train", "test")
 
@@ -609,21 +609,36 @@ def augment(images_uint8: torch.Tensor, padding: int, flip: bool,
     return to_float(augment_uint8(images_uint8, padding, flip, generator))
 
 
+def draw_augmentation(n: int, padding: int, generator: torch.Generator | None = None):
+    """The random numbers of one augment_uint8 call, in its order, on the generator's device (CPU by
+    default): row offsets dy int64 [n], then column offsets dx int64 [n], each uniform in 0..2*padding, then
+    the flips bool [n] (a uniform draw < 1/2; drawn even where flips are off, so the stream does not depend
+    on the recipe)."""
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on)
+    flipped = torch.rand(n, generator=generator, device=draw_on) < 0.5
+    return dy, dx, flipped
+
+
 def augment_uint8(images_uint8: torch.Tensor, padding: int, flip: bool,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, *, draws=None) -> torch.Tensor:
     """Random crop with zero padding `padding` plus (if `flip`) a random horizontal flip with probability
     1/2, independently per sample; returns uint8 images on the images' device.
 
     All samples are cropped in one gather: output pixel (i, j) of sample n is padded pixel
     (dy_n + i, dx_n + j), with j mirrored for flipped samples. Random numbers come from `generator`
-    (on its own device, CPU by default) so a seed fixes the augmentation.
+    (on its own device, CPU by default) so a seed fixes the augmentation; or, as `draws`, the
+    (dy, dx, flipped) of draw_augmentation drawn before (best on the images' device: data.batches draws
+    a whole epoch's worth at once).
     """
     n, _, h, w = images_uint8.shape
     device = images_uint8.device
-    draw_on = generator.device if generator is not None else torch.device("cpu")
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on).to(device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on).to(device)
-    flipped = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
+    if draws is None:
+        draws = draw_augmentation(n, padding, generator)
+    dy, dx, flipped = (t.to(device) for t in draws)
+    if dy.shape != (n,) or dx.shape != (n,) or flipped.shape != (n,):
+        raise ValueError(f"augment_uint8: draws for {dy.shape[0]} images, but there are {n}")
     if not flip:
         flipped = torch.zeros_like(flipped)
     padded = F.pad(images_uint8, (padding, padding, padding, padding))  # zeros around every image
@@ -641,13 +656,19 @@ def augment_uint8(images_uint8: torch.Tensor, padding: int, flip: bool,
 
 
 def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-            augment_data: bool = False, drop_last: bool = False):
+            augment_data: bool = False, drop_last: bool = False, draw_per_epoch: bool | None = None):
     """Yield (x float [B, C, H, W] in [0, 1], y int64 [B]) over one epoch of `data`, on data's device.
 
     shuffle: visit the samples in the order of torch.randperm(N, generator) (drawn on the generator's
       device, CPU by default, then moved), so a seeded generator fixes the order.
     augment_data: crop/flip as DATASET_INFO says for the set's base name, with offsets from `generator`.
     drop_last: skip a final batch smaller than batch_size (keeps BatchNorm statistics well defined).
+    draw_per_epoch: draw every random number of the epoch (order, crops, flips, markers) from `generator`
+      when the epoch starts, in the same calls and order as batch by batch, and move them to the data's
+      device in one transfer, instead of several small copies per batch. The numbers, the batches and the
+      generator's state after the epoch are the same either way (tests/test_data.py); only a loop that stops
+      in the middle of an epoch leaves the generator further on. None (default): per epoch when the data live
+      on another device than the generator (a CUDA set with a CPU generator), where it saves the copies.
 
     Shortcut markers: when `data.markers` is set, every batch starts from the clean images, is augmented
     (if asked), and then gets markers pasted with fresh random locations and noise from `generator`
@@ -660,21 +681,67 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
     info = augmentation_of(data) if augment_data else {}
     n = len(data)
     device = data.labels.device
-    if shuffle:
-        draw_on = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=draw_on).to(device)
-    else:
-        order = torch.arange(n, device=device)
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    if draw_per_epoch is None:
+        draw_per_epoch = draw_on != device
     stop = n - n % batch_size if drop_last else n
     source = data.images if data.markers is None else data.clean_images
+    augmenting = augment_data and bool(info["crop_padding"] or info["flip"])
+    if draw_per_epoch:
+        order, aug_draws, marker_draws = _epoch_draws(data, source, batch_size, stop, shuffle, generator,
+                                                      info.get("crop_padding", 0) if augmenting else None)
+    elif shuffle:
+        order = torch.randperm(n, generator=generator, device=draw_on).to(device)
+    if not shuffle:
+        order = torch.arange(n, device=device)
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
         images, labels = source[idx], data.labels[idx]
-        if augment_data and (info["crop_padding"] or info["flip"]):
-            images = augment_uint8(images, info["crop_padding"], info["flip"], generator)
+        part = slice(start, start + len(idx))
+        if augmenting:
+            draws = tuple(t[part] for t in aug_draws) if draw_per_epoch else None
+            images = augment_uint8(images, info["crop_padding"], info["flip"], generator, draws=draws)
         if data.markers is not None:
-            images = paste_markers(images, labels, data.markers, data.num_classes, generator)
+            draws = tuple(t[part] for t in marker_draws) if draw_per_epoch else None
+            images = paste_markers(images, labels, data.markers, data.num_classes, generator, draws=draws)
         yield to_float(images), labels
+
+
+def _epoch_draws(data: ImageSet, source: torch.Tensor, batch_size: int, stop: int, shuffle: bool, generator,
+                 padding: int | None):
+    """batches(draw_per_epoch=True): the epoch's random numbers drawn from `generator` in the order the batch
+    loop would draw them (the order, then per batch the crop/flip draws, then the marker draws), packed into
+    one byte buffer that goes to the data's device in one transfer, and unpacked there into per-epoch tensors
+    that the loop slices batch by batch: (order or None, (dy, dx, flipped) or None, (rows, cols, noise) or None)."""
+    device = data.labels.device
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    order = torch.randperm(len(data), generator=generator, device=draw_on) if shuffle else None
+    aug, marks = [], []
+    _, channels, height, width = source.shape
+    for start in range(0, stop, batch_size):
+        b = min(batch_size, stop - start)
+        if padding is not None:
+            aug.append(draw_augmentation(b, padding, generator))
+        if data.markers is not None:
+            marks.append(draw_marker_randomness(b, channels, height, width, data.markers.patch, generator))
+    dy, dx, flipped = (torch.cat(t) for t in zip(*aug)) if aug else (None,) * 3
+    rows, cols, noise = (torch.cat(t) for t in zip(*marks)) if marks else (None,) * 3
+    # one byte buffer, the int64 parts first (so each starts 8-byte aligned), then flips (bool) and noise (uint8)
+    drawn = [order, dy, dx, rows, cols, flipped, noise]
+    present = [t for t in drawn if t is not None]
+    if not present:
+        return None, None, None
+    buffer = torch.cat([t.reshape(-1).view(torch.uint8) for t in present]).to(device)
+    moved, offset = [], 0
+    for t in drawn:
+        if t is None:
+            moved.append(None)
+            continue
+        size = t.numel() * t.element_size()
+        moved.append(buffer[offset:offset + size].view(t.dtype).view(t.shape))
+        offset += size
+    order, dy, dx, rows, cols, flipped, noise = moved
+    return order, (dy, dx, flipped) if aug else None, (rows, cols, noise) if marks else None
 
 
 def _checked_augmentation(aug: dict) -> dict:

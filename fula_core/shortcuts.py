@@ -211,29 +211,51 @@ def class_locations(num_classes: int, image_size: int, patch: int = 4, seed: int
 # Pasting
 # ---------------------------------------------------------------------------------------------------
 
+def draw_marker_randomness(n: int, channels: int, height: int, width: int, patch: int,
+                           generator: torch.Generator | None = None):
+    """The per-image random numbers of one paste_markers call, in its order, on the generator's device
+    (CPU by default): top-left rows int64 [n], then columns int64 [n], each uniform over every position where
+    the patch fits, then uniform noise uint8 [n, C, patch, patch]. data.batches draws a whole epoch's worth
+    with it up front and pastes with paste_markers(..., draws=...)."""
+    if patch > min(height, width):
+        raise ValueError(f"a {patch}x{patch} marker does not fit in {height}x{width} images")
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    rows = torch.randint(0, height - patch + 1, (n,), generator=generator, device=draw_on)
+    cols = torch.randint(0, width - patch + 1, (n,), generator=generator, device=draw_on)
+    noise = torch.randint(0, 256, (n, channels, patch, patch), generator=generator, device=draw_on, dtype=torch.uint8)
+    return rows, cols, noise
+
+
 def paste_markers(images: torch.Tensor, labels: torch.Tensor, spec: MarkerSpec, num_classes: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, *, draws=None) -> torch.Tensor:
     """A copy of uint8 `images` [n, C, H, W] with the marker of `spec` pasted into each, on their device.
 
-    One draw of the per-image randomness: random top-left rows, then columns, each uniform over every
-    position where the patch fits, then uniform uint8 noise [n, C, patch, patch]; all three are drawn for
-    every kind and regardless of the labels (on the generator's device, CPU by default, then moved), so
-    the generator's stream does not depend on the kind, and the `random` control is the same for any
-    labelling. The kind then takes the class content or the noise, the class location or the random one.
+    One draw of the per-image randomness (draw_marker_randomness): random top-left rows, then columns, each
+    uniform over every position where the patch fits, then uniform uint8 noise [n, C, patch, patch]; all
+    three are drawn for every kind and regardless of the labels (on the generator's device, CPU by default,
+    then moved), so the generator's stream does not depend on the kind, and the `random` control is the same
+    for any labelling. The kind then takes the class content or the noise, the class location or the random one.
+    draws: (rows, cols, noise) of draw_marker_randomness, drawn before (best on the images' device), instead of
+      drawing from `generator`.
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"paste_markers expects uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
     n, channels, height, width = images.shape
     p, device = spec.patch, images.device
     layout = marker_layout(spec, num_classes, channels, height, width)
-    draw_on = generator.device if generator is not None else torch.device("cpu")
-    rows = torch.randint(0, height - p + 1, (n,), generator=generator, device=draw_on).to(device)
-    cols = torch.randint(0, width - p + 1, (n,), generator=generator, device=draw_on).to(device)
-    noise = torch.randint(0, 256, (n, channels, p, p), generator=generator, device=draw_on, dtype=torch.uint8)
+    if draws is None:
+        draws = draw_marker_randomness(n, channels, height, width, p, generator)
+    rows, cols, noise = draws
+    if rows.shape != (n,) or noise.shape != (n, channels, p, p):
+        raise ValueError(f"paste_markers: draws for {rows.shape[0]} images of noise {tuple(noise.shape[1:])}, "
+                         f"but {n} images need noise {(channels, p, p)}")
+    # (only what the kind uses goes to the images' device)
     content = noise.to(device) if layout.content is None else layout.content.to(device)[labels]
     if layout.locations is not None:
         where = layout.locations.to(device)[labels]  # [n, 2]
         rows, cols = where[:, 0], where[:, 1]
+    else:
+        rows, cols = rows.to(device), cols.to(device)
 
     # Paste all patches at once: pixel (rows_n + i, cols_n + j) of image n gets content[n, :, i, j].
     offsets = torch.arange(p, device=device)

@@ -112,8 +112,8 @@ class StitchConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs: speed settings, not part of the method. The first three are no-ops on the CPU
-    (CPU results are the same with any of them on: tests/test_engine_equality.py); batch_pgd is off on the
-    CPU unless asked for.
+    (CPU results are the same with any of them on: tests/test_engine_equality.py); batch_pgd and batch_clean
+    are off on the CPU unless asked for.
 
     pgd_bf16: craft the training PGD inputs under bf16 autocast (the attack is ~87% of an adversarial job's
         FLOPs). It changes the adversarial inputs slightly: check on a subset that adversarial-stitch
@@ -126,12 +126,21 @@ class EngineConfig:
         rounds differently from the BN kernel in the last bit, so PGD signs of near-zero gradients can flip
         (tests/test_engine_equality.py bounds the effect). None (default): on for CUDA, off on the CPU, where
         the engine stays bit-identical to its previous version; True turns it on on the CPU too.
+    batch_clean: one stitched forward and backward of g_{>j} for all clean jobs (alpha = 0) at one stitch
+        point (_train_clean_group): their stitch outputs interleaved into one [B * J] batch, train-mode BN with
+        each job's own batch statistics and running statistics (one BatchNorm call over the J jobs' channels),
+        each job's loss on its own samples, one backward. Exact in the math; sums run in another order, so
+        results agree to float rounding (tests/test_engine_equality.py states the tolerance), not bit for
+        bit. It assumes BatchNorm is the only layer of g_{>j} that mixes samples, true of every model here;
+        active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. None
+        (default): on for CUDA, off on the CPU; True turns it on on the CPU too.
     """
 
     pgd_bf16: bool = False
     channels_last: bool = True
     cudnn_benchmark: bool = True
     batch_pgd: bool | None = None
+    batch_clean: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -517,17 +526,21 @@ def swap_bn_state(model: nn.Module, state: list[torch.Tensor] | None, layers: li
         return
     names = _BN_BUFFERS
     layers = bn_layers(model) if layers is None else layers
-    saved = [[getattr(m, n) for n in names] for m in layers]
+    # straight into the layers' buffer dicts: what setattr does for a registered buffer, without nn.Module's
+    # __setattr__ checks (a third of the swap's host time, and this runs several times per batch)
+    saved = [[m._buffers[n] for n in names] for m in layers]
     it = iter(state)
     for m in layers:
+        buffers = m._buffers
         for n in names:
-            setattr(m, n, next(it))
+            buffers[n] = next(it)
     try:
         yield
     finally:
         for m, old in zip(layers, saved):
+            buffers = m._buffers
             for n, t in zip(names, old):
-                setattr(m, n, t)
+                buffers[n] = t
 
 
 @contextlib.contextmanager
@@ -690,9 +703,14 @@ class _BNBank:
     (swap_bn_state), they let a train-mode forward update that job's statistics in place, with no copy in
     or out; and the shared clean forward's update reaches every clean job in two operations on the whole
     bank (apply_captured) instead of three per layer and job.
+
+    layer_major=True (the end model's bank) stores each buffer of every job as one [J, C] tensor (and the
+    counts as [L, J]), with job k in row slots[k]: jobs in consecutive slots then have one layer's statistics
+    as one contiguous [J' * C] vector (group), which the batched clean forward (_grouped_train_bn) hands
+    to a single BatchNorm call over J' jobs' channels. It has no apply_captured.
     """
 
-    def __init__(self, model: nn.Module, n_jobs: int):
+    def __init__(self, model: nn.Module, n_jobs: int, layer_major: bool = False, slots: list[int] | None = None):
         self.layers = bn_layers(model)
         for m in self.layers:
             if m.momentum is None:
@@ -706,6 +724,23 @@ class _BNBank:
         values0 = torch.cat([b.reshape(-1) for b in floats]) if floats else torch.zeros(0, device=device)
         counts0 = torch.stack([m.num_batches_tracked for m in self.layers]) if self.layers else \
             torch.zeros(0, dtype=torch.long, device=device)
+        self.layer_major = layer_major
+        if layer_major:
+            slots = list(range(n_jobs)) if slots is None else list(slots)
+            if sorted(slots) != list(range(n_jobs)):
+                raise ValueError(f"slots must be a permutation of 0..{n_jobs - 1}, got {slots}")
+            self.buffers = [b.detach().reshape(1, -1).repeat(n_jobs, 1) for b in floats]  # [J, C] each
+            self.counts = counts0.reshape(-1, 1).repeat(1, n_jobs)  # [L, J]
+            shapes = [b.shape for b in floats]
+            self.rows = []
+            for k in range(n_jobs):
+                row = []
+                for layer in range(len(self.layers)):
+                    row += [self.buffers[2 * layer][slots[k]].view(shapes[2 * layer]),
+                            self.buffers[2 * layer + 1][slots[k]].view(shapes[2 * layer + 1]),
+                            self.counts[layer, slots[k]]]
+                self.rows.append(row)
+            return
         self.values, self.counts = values0.repeat(n_jobs, 1), counts0.repeat(n_jobs, 1)
         self.scratch_values, self.scratch_counts = torch.zeros_like(values0), torch.zeros_like(counts0)
         momenta = {m.momentum for m in self.layers}
@@ -725,6 +760,11 @@ class _BNBank:
             out += [parts[2 * k].view(shapes[2 * k]), parts[2 * k + 1].view(shapes[2 * k + 1]), counts[k]]
         return out
 
+    def group(self, layer: int, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(running mean, running var) of BN layer `layer` for the jobs in slots first..stop-1, each one contiguous
+        [(stop - first) * C] view, slot by slot (layer-major banks only)."""
+        return self.buffers[2 * layer][first:stop].view(-1), self.buffers[2 * layer + 1][first:stop].view(-1)
+
     @contextlib.contextmanager
     def capture(self, model: nn.Module):
         """Train-mode forwards inside write their running-statistics update into zeroed scratch buffers
@@ -735,6 +775,8 @@ class _BNBank:
 
     def apply_captured(self, rows: list[int]) -> None:
         """state <- (1 - m) state + captured for the given jobs' rows (apply_bn_update, all jobs at once)."""
+        if self.layer_major:
+            raise NotImplementedError("apply_captured works on job-major banks (the front's)")
         if not rows or not self.layers:
             return
         if len(rows) == len(self.rows):
@@ -821,6 +863,14 @@ class _Engine:
         self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
         self.bn_consts = {"front": {}, "end": {}}  # _per_job_eval_bn's per-layer constants, built once
         self.row = {n: k for k, (n, _) in enumerate(active)}
+        # each job's slot: its row of the end bank and of loss_sums; the clean jobs of one stitch point sit in
+        # consecutive slots, sorted by objective, so a batched group reads and writes one slice of each
+        slots = _slot_order([st.job for _, st in active])
+        self.slot = {n: slots[k] for k, (n, _) in enumerate(active)}
+        self.loss_sums = torch.zeros(len(active), device=next(front.parameters()).device)
+        for n, st in active:
+            st.loss_sum = self.loss_sums[self.slot[n]]  # a view: the job's own running sum, as before
+        self.clean_groups: tuple[tuple, list] = ((), [])  # (running jobs, their batched groups), see _clean_groups
         self.opt, self.sched = _optimiser([st for _, st in active], cfg, steps)
         self.stitched_eval = {n: StitchedModel(front, end, st.stitch, st.job, st.front_bn, st.end_bn)
                               for n, st in active if st.job.alpha > 0}
@@ -926,6 +976,174 @@ def _batched_pgd(eng: "_Engine", group: list[tuple[int, "_Job"]], x: torch.Tenso
     return {n: xa for (n, _), xa in zip(group, x_adv.detach().split(b))}
 
 
+def _slot_order(jobs: Sequence[StitchJob]) -> list[int]:
+    """Each job's slot (_Engine.slot): clean jobs first, by stitch point, then objective and FuLA weights, so the
+    clean jobs of one point, and among them those of one objective, sit in consecutive slots."""
+    order = sorted(range(len(jobs)), key=lambda k: (jobs[k].alpha > 0, jobs[k].front_point, jobs[k].end_point,
+                                                    jobs[k].objective, str(jobs[k].fula_weights), k))
+    slots = [0] * len(jobs)
+    for slot, k in enumerate(order):
+        slots[k] = slot
+    return slots
+
+
+@dataclass
+class _CleanGroup:
+    """Clean jobs (alpha = 0) at one stitch point (i, j) in consecutive slots first..stop-1, in slot order.
+
+    parts: (objective, fula weights, first, stop) runs of jobs with the same loss, as positions in `jobs`.
+    through: positions of the jobs whose stitch outputs go through g_{>j} (all in train-BN mode, where hint's
+    forward re-estimates the statistics; none of hint's in eval-BN mode, where it needs no forward)."""
+
+    jobs: list
+    i: int
+    j: int
+    first: int
+    stop: int
+    parts: list
+    through: list
+    bn: list | None = None  # train-BN: per end BN layer, the group's (running mean, running var) views of the bank
+
+
+def _clean_groups(eng: "_Engine", running: list[tuple[int, "_Job"]]) -> list[_CleanGroup]:
+    """The running clean jobs of each stitch point in runs of consecutive slots, the runs of two or more jobs
+    (a job alone trains as before); cached until the set of running jobs changes (a job stops)."""
+    key = tuple(n for n, _ in running)
+    if eng.clean_groups[0] == key:
+        return eng.clean_groups[1]
+    clean = sorted(((eng.slot[n], n, st) for n, st in running if st.job.alpha == 0), key=lambda t: t[0])
+    runs: list[list] = []
+    for slot, n, st in clean:
+        last = runs[-1][-1] if runs else None
+        if last is not None and last[0] == slot - 1 and \
+                (last[2].job.front_point, last[2].job.end_point) == (st.job.front_point, st.job.end_point):
+            runs[-1].append((slot, n, st))
+        else:
+            runs.append([(slot, n, st)])
+    groups = []
+    for run in runs:
+        if len(run) < 2:
+            continue
+        jobs = [(n, st) for _, n, st in run]
+        parts = []
+        for k, (_, st) in enumerate(jobs):
+            loss = (st.job.objective, st.job.fula_weights)
+            if parts and parts[-1][:2] == loss:
+                parts[-1][3] = k + 1
+            else:
+                parts.append([*loss, k, k + 1])
+        through = [k for k, (_, st) in enumerate(jobs) if eng.train_bn or st.job.objective != "hint"]
+        groups.append(_CleanGroup(jobs, run[0][2].job.front_point, run[0][2].job.end_point, run[0][0],
+                                  run[-1][0] + 1, [tuple(p) for p in parts], through))
+    eng.clean_groups = (key, groups)
+    return groups
+
+
+@contextlib.contextmanager
+def _grouped_train_bn(eng: "_Engine", group: _CleanGroup):
+    """Train-mode BN layers of the end model that treat a batch of B * J samples, sample b of job k in row
+    b * J + k, as J jobs' batches: viewed as [B, J * C, ...], one BatchNorm call normalises every (job, channel)
+    with its own batch statistics over its job's B samples, exactly as the job's own forward would, and updates
+    each job's running statistics in place: the J jobs' rows of the layer-major end bank are one contiguous
+    [J * C] vector (consecutive slots). The counts of the layers that ran are advanced after the block.
+    (A channels_last input cannot be viewed so; reshape copies it, which only costs time.)"""
+    layers, bank, jobs = eng.end_layers, eng.end_bank, len(group.jobs)
+    reps = eng.bn_consts.setdefault("end_repeated", {})
+    if group.bn is None:  # views, made once per group (the groups are cached while the running jobs stay)
+        group.bn = [bank.group(index, group.first, group.stop) for index in range(len(layers))]
+    ran: list[int] = []
+    try:
+        for index, m in enumerate(layers):
+            mean, var = group.bn[index]
+            if (index, jobs) not in reps:  # the frozen affine parameters, once per layer and group size
+                reps[(index, jobs)] = tuple(None if t is None else t.detach().repeat(jobs) for t in (m.weight, m.bias))
+            weight, bias = reps[(index, jobs)]
+
+            def forward(x, m=m, index=index, mean=mean, var=var, weight=weight, bias=bias):
+                ran.append(index)
+                grouped = x.reshape(x.shape[0] // jobs, jobs * x.shape[1], *x.shape[2:])
+                out = F.batch_norm(grouped, mean, var, weight, bias, True, m.momentum, m.eps)
+                return out.reshape(x.shape)
+
+            m.__dict__["forward"] = forward  # shadows the class's forward for this block only (no Module.__setattr__)
+        yield
+    finally:
+        for m in layers:
+            m.__dict__.pop("forward", None)
+    if ran:  # num_batches_tracked += 1 for each job and each layer that ran (usually a contiguous run of layers)
+        if ran == list(range(ran[0], ran[0] + len(ran))):
+            bank.counts[ran[0]:ran[-1] + 1, group.first:group.stop].add_(1)
+        else:
+            for index in ran:
+                bank.counts[index, group.first:group.stop].add_(1)
+
+
+def _relative_errors(a: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
+    """relative_error of each job's block: a [B, J, ...] (job k's batch at [:, k]) against the targets t [B, ...]
+    -> [J]."""
+    a, t = a.float(), t.float()
+    d = (a - t.unsqueeze(1)).flatten(2)  # [B, J, D]
+    if reduction == "batch":
+        return torch.linalg.vector_norm(d, dim=(0, 2)) / t.norm()
+    if reduction == "sample":
+        return (torch.linalg.vector_norm(d, dim=2) / t.flatten(1).norm(dim=1).unsqueeze(1)).mean(0)
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _train_clean_group(eng: "_Engine", group: _CleanGroup, x, y, clean_targets) -> None:
+    """objective_loss and its backward for every job of a clean group in one pass (EngineConfig.batch_clean).
+
+    Each job's stitch maps the shared front activation; the outputs go through g_{>j} as one interleaved batch
+    (_grouped_train_bn in train-BN mode; eval-mode BN is per sample anyway); each job's loss is computed on its
+    own block, by objective in a few batched operations; the losses' sum is backpropagated once, which gives
+    each stitch its own loss's gradient (the jobs share no parameters, and no sample of one job reaches
+    another's loss: BN statistics are per job). The losses go to the jobs' slots of loss_sums."""
+    cfg, end, train_bn = eng.cfg, eng.end, eng.train_bn
+    front_acts, targets, end_logits = clean_targets
+    i, j, jobs = group.i, group.j, group.jobs
+    b = x.shape[0]
+    with _autocast(x.device):
+        outs = [st.stitch(front_acts[i]) for _, st in jobs]
+        later = logits = None
+        through = group.through
+        if through:
+            objectives = {jobs[k][1].job.objective for k in through}
+            stacked = torch.stack([outs[k].detach() if jobs[k][1].job.objective == "hint" else outs[k]
+                                   for k in through], 1)  # [B, J', ...]: sample b of the k-th job at row b * J' + k
+            with torch.set_grad_enabled(objectives != {"hint"}), \
+                    _grouped_train_bn(eng, group) if train_bn else contextlib.nullcontext():  # train-BN: all through
+                if "fula" in objectives:
+                    later, logits = end.activations_from(stacked.flatten(0, 1), j, with_logits=True)
+                    later = [t.reshape(b, len(through), *t.shape[1:]) for t in later]
+                else:
+                    logits = end.forward_from(stacked.flatten(0, 1), j)
+            logits = logits.reshape(b, len(through), *logits.shape[1:])
+        position = {k: p for p, k in enumerate(through)}
+        losses = []
+        for objective, weights, first, stop in group.parts:
+            if objective == "hint":
+                losses.append(_relative_errors(torch.stack(outs[first:stop], 1), targets[j], cfg.fula_reduction))
+                continue
+            part = slice(position[first], position[stop - 1] + 1)
+            if objective == "fula":
+                acts = [stacked[:, part]] + [t[:, part] for t in later]
+                w = [1.0] * len(acts) if weights is None else list(weights)
+                total = sum(w)
+                losses.append(sum((wk / total) * _relative_errors(a, t, cfg.fula_reduction)
+                                  for wk, a, t in zip(w, acts, targets[j:]) if wk))
+            elif objective == "slm":
+                log_h = F.log_softmax(logits[:, part].float(), 2)
+                log_g = F.log_softmax(end_logits.float(), 1).unsqueeze(1)
+                losses.append((log_g.exp() * (log_g - log_h)).sum((0, 2)) / b)  # slm_loss's batchmean KL per job
+            else:  # tlm / hlm
+                out = logits[:, part].float()
+                losses.append(F.cross_entropy(out.permute(0, 2, 1), y.unsqueeze(1).expand(b, out.shape[1]),
+                                              reduction="none").mean(0))
+    losses = torch.cat(losses) if len(losses) > 1 else losses[0]
+    losses.sum().backward()
+    eng.loss_sums[group.first:group.stop].add_(losses.detach())
+
+
 def _train_batch(eng: _Engine, running: list[tuple[int, _Job]], x, y) -> None:
     """One optimiser step of every running job on batch (x, y)."""
     cfg, train_bn, front, end = eng.cfg, eng.train_bn, eng.front, eng.end
@@ -950,9 +1168,17 @@ def _train_batch(eng: _Engine, running: list[tuple[int, _Job]], x, y) -> None:
     clean = [(n, st) for n, st in running if st.job.alpha < 1]
     clean_targets = _shared_forward(eng, x, clean)
     # 3. each job's stitched forward(s) and loss; then one step of all stitches
-    front.train(train_bn), end.train(train_bn)
+    if clean_targets is None:  # (else _shared_forward has just set these modes)
+        front.train(train_bn), end.train(train_bn)
     eng.opt.zero_grad(set_to_none=True)
+    batched = set()
+    if eng.engine.batch_clean:
+        for group in _clean_groups(eng, running):
+            _train_clean_group(eng, group, x, y, clean_targets)
+            batched.update(n for n, _ in group.jobs)
     for n, st in running:
+        if n in batched:
+            continue
         batch_inputs = []
         if st.job.alpha < 1:
             batch_inputs.append((1 - st.job.alpha, clean_targets))
@@ -994,9 +1220,10 @@ def train_stitches(front: StitchableResNet, end: StitchableResNet, jobs: Sequenc
     device = next(front.parameters()).device
     if device.type != "cuda":
         engine = dataclasses.replace(engine, pgd_bf16=False, channels_last=False, cudnn_benchmark=False,
-                                     batch_pgd=bool(engine.batch_pgd))
-    elif engine.batch_pgd is None:
-        engine = dataclasses.replace(engine, batch_pgd=True)
+                                     batch_pgd=bool(engine.batch_pgd), batch_clean=bool(engine.batch_clean))
+    else:
+        engine = dataclasses.replace(engine, batch_pgd=engine.batch_pgd is not False,
+                                     batch_clean=engine.batch_clean is not False)
     was = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = was or engine.cudnn_benchmark
     try:
@@ -1031,7 +1258,8 @@ def _train_stitches(front, end, jobs, data, cfg, init_data, checkpoint, progress
                if job.objective != "dm" and cfg.epochs > 0 and any(True for _ in stitch.parameters())]
     # every trained job's running statistics start from the models' own (rows of the banks)
     front_bank = _BNBank(front, len(trained)) if train_bn and trained else None
-    end_bank = _BNBank(end, len(trained)) if train_bn and trained else None
+    end_bank = _BNBank(end, len(trained), layer_major=True, slots=_slot_order([jobs[n] for n in trained])) \
+        if train_bn and trained else None
     active: list[tuple[int, _Job]] = []
     for n, (job, stitch) in enumerate(zip(jobs, stitches)):
         if n not in trained:

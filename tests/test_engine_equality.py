@@ -206,3 +206,91 @@ def test_batched_pgd_matches_each_jobs_own_pgd(setup):
                                random_start=cfg.pgd_random_start,
                                generator=torch.Generator().manual_seed(stitching._job_seed(cfg.seed, st.job)))
         assert (batched[n] != own).float().mean() <= 1e-3, st.job.name
+
+
+CLEAN_JOBS = [StitchJob(3, 3, "tlm"), StitchJob(3, 3, "slm"), StitchJob(3, 3, "hint"), StitchJob(3, 3, "fula"),
+              StitchJob(3, 3, "hlm"), StitchJob(3, 3, "fula", fula_weights=(0, 1, 0, 2, 0, 1)),
+              StitchJob(2, 4, "fula"), StitchJob(2, 4, "hint"), StitchJob(6, 6, "tlm"), StitchJob(6, 6, "hint"),
+              StitchJob(5, 5, "slm"), StitchJob(3, 3, "tlm", alpha=1.0), StitchJob(2, 4, "slm", alpha=0.5),
+              StitchJob(7, 7, "dm")]
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+@pytest.mark.parametrize("reduction", ["batch", "sample"])
+def test_batched_clean_jobs_match_the_job_by_job_engine(setup, bn_mode, reduction):
+    """EngineConfig(batch_clean=True): the clean jobs of a point train in one forward/backward of g_{>j}. Groups
+    here: six jobs at 3 -> 3 (tlm, slm, hint, hlm, fula with uniform and with own weights), two at 2 -> 4 (FuLA
+    over the five later points), two at 6 -> 6, besides a lone clean job, adversarial and mixed jobs at the
+    same points and a DM job. Stated tolerance (float summation order only): losses within rel 1e-5, stitches
+    and running statistics within rtol 1e-4 / atol 1e-6 after 6 steps; the counts and the front's statistics
+    (untouched by the batching) are equal."""
+    front, end, train = setup
+    cfg = dataclasses.replace(CFG, bn_mode=bn_mode, fula_reduction=reduction, pgd_steps=1)
+    outs = [stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), CLEAN_JOBS, train, cfg, progress=False,
+                                     engine=stitching.EngineConfig(batch_clean=flag)) for flag in (False, True)]
+    for a, b in zip(*outs):
+        assert b.error is None and len(b.losses) == (0 if a.job.objective == "dm" else CFG.epochs)
+        assert b.losses == pytest.approx(a.losses, rel=1e-5, abs=1e-7), a.job.name
+        for k in a.stitch_state:
+            torch.testing.assert_close(b.stitch_state[k], a.stitch_state[k], rtol=1e-4, atol=1e-6, msg=a.job.name)
+        if a.end_bn is None:
+            assert b.end_bn is None
+            continue
+        for x, z in zip(b.end_bn, a.end_bn):
+            torch.testing.assert_close(x, z, rtol=1e-4, atol=1e-6, msg=a.job.name)
+            if not x.is_floating_point():
+                assert torch.equal(x, z)
+        assert all(torch.equal(x, z) for x, z in zip(b.front_bn, a.front_bn)), a.job.name
+
+
+def test_batched_clean_path_is_taken_and_default_is_off_on_cpu(setup, monkeypatch):
+    """batch_clean=True runs every clean group of two or more jobs through _train_clean_group (a lone clean job
+    and the adversarial ones keep their own path); the CPU default never calls it."""
+    front, end, train = setup
+    seen = []
+    real = stitching._train_clean_group
+
+    def spy(eng, group, *args):
+        seen.append(tuple(st.job.name for _, st in group.jobs))
+        return real(eng, group, *args)
+
+    monkeypatch.setattr(stitching, "_train_clean_group", spy)
+    cfg = dataclasses.replace(CFG, epochs=1, pgd_steps=1)
+    stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), CLEAN_JOBS, train, cfg, progress=False)
+    assert seen == []
+    stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), CLEAN_JOBS, train, cfg, progress=False,
+                             engine=stitching.EngineConfig(batch_clean=True))
+    groups = set(seen)
+    assert {len(g) for g in groups} == {6, 2} and len(groups) == 3
+    assert all("a1" not in name and "a0.5" not in name for g in groups for name in g)
+
+
+def test_clean_groups_split_where_a_job_stopped(setup):
+    """A stopped job leaves its group: the rest form runs of consecutive slots (one BN call needs one slice)."""
+    front, end, train = setup
+    jobs = [stitching.resolve_job(j, front, end) for j in CLEAN_JOBS[:6]]
+    stitches = stitching.init_stitches(front, end, jobs, train, CFG)
+    active = [(n, stitching._Job(job, st, CFG, None, None, "cpu")) for n, (job, st) in enumerate(zip(jobs, stitches))]
+    eng = stitching._Engine(front, end, active, CFG, False, 1, None, None)
+    (whole,) = stitching._clean_groups(eng, active)
+    assert [eng.slot[n] for n, _ in whole.jobs] == list(range(whole.first, whole.stop)) and len(whole.jobs) == 6
+    middle = whole.jobs[2][0]
+    parts = stitching._clean_groups(eng, [(n, st) for n, st in active if n != middle])
+    assert [len(g.jobs) for g in parts] == [2, 3] and all(middle not in dict(g.jobs) for g in parts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batched_clean_jobs_stay_close_to_job_by_job(setup):
+    """On CUDA (bf16 autocast forwards): batch_clean on (the CUDA default) against off, train-mode BN."""
+    front, end, train = setup
+    cfg = dataclasses.replace(CFG, epochs=1, pgd_steps=1)
+    runs = []
+    for flag in (False, True):
+        f, e = copy.deepcopy(front).cuda(), copy.deepcopy(end).cuda()
+        runs.append(stitching.train_stitches(f, e, CLEAN_JOBS, train, cfg, progress=False,
+                                             engine=stitching.EngineConfig(batch_clean=flag)))
+    for a, b in zip(*runs):
+        for k in a.stitch_state:
+            if a.stitch_state[k].is_floating_point():
+                torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=0.05, atol=0.02)
+        assert a.losses == pytest.approx(b.losses, rel=0.05, abs=0.02)
