@@ -59,7 +59,7 @@ def test_missing_models_lists_untrained_zoo_models_dearest_first(tmp_path):
     missing = zoo.missing_models(profile, ResultStore(tmp_path))
     assert sorted(missing) == sorted(zoo.all_zoo_configs(profile))
     assert {"digits_1", "fashion_mnist_1 cross-bias", "fashion_mnist_1 simclr"} <= set(missing)  # paper 2 fronts
-    assert missing[:2] == ["fashion_mnist_0", "fashion_mnist_1"]  # 60k images x 6 epochs beat 10k x 4 x PGD-3
+    assert missing[:2] == ["fashion_mnist_0", "fashion_mnist_1"]  # 30k images x 5 epochs beat 8k x 3 x PGD-3
     with pytest.raises(SystemExit, match="no zoo model 'nope'"):
         zoo._config_for(profile, "nope")
 
