@@ -182,12 +182,13 @@ def capacity_iri_requests(pl: Plan) -> list:
 
 
 def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
-    """Per section (training passes, stitches): a pass is one `train_stitches` call, every objective of one
-    point and data mode (run_colour / run_capacity through stitch_modes)."""
-    colour_passes = len(pl.senders) * 2 * len(pl.points)
-    capacity_passes = len(pl.profile.iri_front_seeds) * len(PAIRS) * len(pl.families) * 2 * len(pl.capacity_points)
-    return {"colour": (colour_passes, colour_passes * len(OBJECTIVES)),
-            "capacity": (capacity_passes, capacity_passes * len(CAPACITY_OBJECTIVES))}
+    """Per section (training passes, stitches): a pass is one `train_stitches` call (run_colour / run_capacity
+    through stitch_modes): per pair, one for the real-data stitches of every point and one per point on IRIs."""
+    colour_pairs = len(pl.senders)
+    capacity_pairs = len(pl.profile.iri_front_seeds) * len(PAIRS) * len(pl.families)
+    return {"colour": (colour_pairs * (1 + len(pl.points)), colour_pairs * 2 * len(pl.points) * len(OBJECTIVES)),
+            "capacity": (capacity_pairs * (1 + len(pl.capacity_points)),
+                         capacity_pairs * 2 * len(pl.capacity_points) * len(CAPACITY_OBJECTIVES))}
 
 
 def capacity_pairs(profile: Profile, store: ResultStore, device, seed: int, *, progress: bool = True):

@@ -282,41 +282,50 @@ def invariance_aware_stitching(front, end, points: Sequence[int],
     test = test.to(next(end.parameters()).device)
     end_logits = predict(end, test)
 
-    rows: list[dict] = []
-    for point in points:
-        jobs = [StitchJob(point, point, objective, alpha) for objective in objectives]
+    def train_data_of(point: int) -> ImageSet:
         if iri_sets is None:
-            train_data = real_train
-        else:
-            iris = iri_sets[point]
-            if isinstance(iris, IRIs):
-                if iris.point != point:
-                    raise ValueError(f"iri_sets[{point}] holds IRIs of stitch point {iris.point}")
-                iris = iris.data
-            train_data = iris
+            return real_train
+        iris = iri_sets[point]
+        if isinstance(iris, IRIs):
+            if iris.point != point:
+                raise ValueError(f"iri_sets[{point}] holds IRIs of stitch point {iris.point}")
+            iris = iris.data
+        return iris
 
-        def compute(checkpoint: Checkpointer, jobs=jobs, train_data=train_data) -> list[dict]:
-            outcomes = train_stitches(front, end, jobs, train_data, train_cfg, init_data=real_train,
-                                      checkpoint=checkpoint, progress=progress)
-            point_rows = []
-            for outcome in outcomes:
+    jobs_of = {point: [StitchJob(point, point, objective, alpha) for objective in objectives] for point in points}
+    data_of = {point: train_data_of(point) for point in points}
+    # the cache holds one entry per point, whichever call trained it
+    config_of = {point: {"key": key, "mode": mode, "jobs": [dataclasses.asdict(j) for j in jobs_of[point]],
+                         "cfg": train_cfg, "train": (data_of[point].name, len(data_of[point])),
+                         "init": (real_train.name, len(real_train)), "test": (test.name, len(test)),
+                         "code_version": (MODELS_VERSION, STITCHING_VERSION, INVARIANCE_VERSION)}
+                 for point in points}
+    rows_of = {p: store.load("stitch_rows", config_of[p]) for p in points
+               if store is not None and store.has("stitch_rows", config_of[p])}
+    missing = [p for p in points if p not in rows_of]
+    # Real-data stitches of every point train on the same images, so they train in one call: one front
+    # forward per batch serves all points, and each job's result is the same as in a call of its own (its
+    # random numbers come from its own generator; tests/test_invariance.py checks it). IRI stitches of each
+    # point train on that point's own IRIs: one call per point.
+    for group in ([missing] if iri_sets is None and missing else [[p] for p in missing]):
+        checkpoint = NO_CHECKPOINT if store is None else store.checkpointer(
+            "stitch_rows", config_of[group[0]] if len(group) == 1 else [config_of[p] for p in group])
+        outcomes = train_stitches(front, end, [j for p in group for j in jobs_of[p]], data_of[group[0]], train_cfg,
+                                  init_data=real_train, checkpoint=checkpoint, progress=progress)
+        for point in group:
+            rows_of[point] = []
+            for outcome in outcomes[: len(jobs_of[point])]:
                 stitched = outcome.model(front, end, train_cfg.resize)
                 scores = score_stitch(stitched, test, end_logits, end.num_classes)
                 extra = extra_eval(stitched, outcome.job) if extra_eval is not None else {}
-                point_rows.append(result_row(outcome.job, data=mode, point=point, **scores, **extra,
-                                             final_loss=outcome.losses[-1] if outcome.losses else None,
-                                             error=outcome.error))
-            return point_rows
-
-        if store is None:
-            rows += compute(NO_CHECKPOINT)
-        else:
-            config = {"key": key, "mode": mode, "jobs": [dataclasses.asdict(j) for j in jobs], "cfg": train_cfg,
-                      "train": (train_data.name, len(train_data)), "init": (real_train.name, len(real_train)),
-                      "test": (test.name, len(test)),
-                      "code_version": (MODELS_VERSION, STITCHING_VERSION, INVARIANCE_VERSION)}
-            rows += store.get_or_compute("stitch_rows", config, compute)
-    return rows
+                rows_of[point].append(result_row(outcome.job, data=mode, point=point, **scores, **extra,
+                                                 final_loss=outcome.losses[-1] if outcome.losses else None,
+                                                 error=outcome.error))
+            outcomes = outcomes[len(jobs_of[point]):]
+            if store is not None:
+                store.save("stitch_rows", config_of[point], rows_of[point])
+        checkpoint.clear()
+    return [row for point in points for row in rows_of[point]]
 
 
 # ----------------------------------------------------------------------------------------------------

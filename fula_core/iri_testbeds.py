@@ -269,13 +269,15 @@ def iri_requests(P: Profile, pl: Plan) -> list[IRIRequest]:
 
 
 def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
-    """Per testbed (training passes, stitches): a pass is one `train_stitches` call (every objective of one
-    point, data mode and alpha), as run() makes them through invariance_figures.stitch_modes."""
-    r, modes = len(pl.stitch_seeds), 2
-    passes = {"information": len(pl.info_fronts) * r * modes * len(pl.points),
-              "adversarial": len(pl.adv_pairs) * r * len(pl.adv_alphas) * modes * len(pl.adv_points),
-              "shortcut": len(pl.shortcut_fronts) * len(MARKERS) * r * modes * len(pl.shortcut_points),
-              **{info_testbed(arch): len(a.fronts) * r * modes * len(a.points) for arch, a in pl.arch_info.items()}}
+    """Per testbed (training passes, stitches): a pass is one `train_stitches` call, as run() makes them
+    through invariance_figures.stitch_modes: per pair, seed and alpha, one call for the real-data stitches
+    of every point and one per point for the IRI stitches (each point has its own IRIs)."""
+    r = len(pl.stitch_seeds)
+    calls = lambda points: 1 + len(points)  # noqa: E731
+    passes = {"information": len(pl.info_fronts) * r * calls(pl.points),
+              "adversarial": len(pl.adv_pairs) * r * len(pl.adv_alphas) * calls(pl.adv_points),
+              "shortcut": len(pl.shortcut_fronts) * len(MARKERS) * r * calls(pl.shortcut_points),
+              **{info_testbed(arch): len(a.fronts) * r * calls(a.points) for arch, a in pl.arch_info.items()}}
     return {t: (n, pl.expected_rows()[t]) for t, n in passes.items()}
 
 

@@ -200,6 +200,39 @@ def test_iri_runs_train_on_iris_with_eval_bn_and_real_init(model, sets, iris, tm
         invariance.invariance_aware_stitching(other, model, [5], ["fula"], sets[0], iris, sets[1], cfg, store=store)
 
 
+def test_real_data_points_train_in_one_call_with_rows_cached_per_point(model, sets, tmp_path, monkeypatch):
+    calls = []
+    real_train = invariance.train_stitches
+
+    def recording(front, end, jobs, train_data, cfg, **kw):
+        calls.append([j.name for j in jobs])
+        return real_train(front, end, jobs, train_data, cfg, **kw)
+
+    monkeypatch.setattr(invariance, "train_stitches", recording)
+    other, train_set = _other_model(), sets[0].take(96)
+    cfg = dataclasses.replace(STITCH, epochs=1, bn_mode="train")
+    run = lambda points, **kw: invariance.invariance_aware_stitching(  # noqa: E731
+        other, model, points, ["hint", "slm"], train_set, None, sets[1], cfg, progress=False, **kw)
+    # one point per call, uncached: the reference
+    alone = run([2]) + run([5])
+    assert len(calls) == 2
+
+    # the points of one real-data run train in one call, with results identical to a call per point
+    store = ResultStore(tmp_path)
+    together = run([2, 5], store=store, key="other->model")
+    assert calls[-1] == ["hint[2->2]a0", "slm[2->2]a0", "hint[5->5]a0", "slm[5->5]a0"]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_scores")} for r in rows]  # noqa: E731
+    assert strip(together) == strip(alone)
+    assert all(torch.equal(a["agreement_scores"], b["agreement_scores"]) for a, b in zip(together, alone))
+
+    # cached per point: a run over points 5 and 6 trains only point 6, and loads 5 as it was
+    calls.clear()
+    more = run([5, 6], store=store, key="other->model")
+    assert calls == [["hint[6->6]a0", "slm[6->6]a0"]]
+    assert strip(more[:2]) == strip(together[2:])
+    assert not list((tmp_path / "stitch_rows").glob("*.partial.pt"))  # no checkpoint left behind
+
+
 # --- excess agreement and CKA -----------------------------------------------------------------------
 
 def test_excess_agreement_is_zero_when_markers_carry_no_class(model, sets):

@@ -12,9 +12,9 @@ from fula_core.store import config_key
 
 # sha256 of the sorted unit ids (unit ids hash the configs: models, IRI sets, stitch groups, passes) of the
 # smoke and quick profiles: the information testbed's further architectures (paper only) must leave them as they
-# were (smoke: main at f2933a9; quick: as trimmed for the 60-minute run, main after 8e44a8d). A deliberate change
-# of either profile updates its digest here
-UNITS_BEFORE = {"smoke": "e1adcbf290cb1fdc", "quick": "7aab5f0d7c694fe1"}
+# were. A deliberate change of either profile, or of how many stitch passes its notebooks make, updates its digest
+# here (last: notebook 05 / 08's real-data stitches of all points of a pair in one pass)
+UNITS_BEFORE = {"smoke": "d646e0514ce1b24f", "quick": "9b245a3394034d4c"}
 
 
 def _digest(profile: str) -> str:
@@ -54,7 +54,8 @@ def test_paper_plans_the_authors_three_architectures():
     rows = pl.expected_rows()
     assert rows[T.info_testbed("vgg16")] == 1 * 4 * 3 * 2 * 4 * 6
     assert rows[T.info_testbed("vit_tiny")] == 1 * 4 * 3 * 2 * 4 * 13
-    assert T.stitch_passes(pl)[T.info_testbed("vit_tiny")] == (4 * 3 * 2 * 13, 1248)
+    # passes: per front, one real-data call for all 13 points and one IRI call per point
+    assert T.stitch_passes(pl)[T.info_testbed("vit_tiny")] == (4 * 3 * (1 + 13), 1248)
     # one IRI set per front, source and point (identical fronts invert each front seed's own stitch data)
     asks = [r for r in T.iri_requests(P, pl) if r.testbed.startswith("information (")]
     assert len(asks) == 12 * 6 + 12 * 13
@@ -75,7 +76,7 @@ def test_paper_zoo_lists_every_model_the_testbed_needs():
     assert len(extra) == 2 * (1 + 9)
     # the units (run_all.sh / Ray) train them before notebook 05 and list its new IRI sets and passes
     c = units.enumerate_units("paper").counts()
-    assert (c["base_model"], c["simclr_front"], c["iri_set"], c["paper2_pass"]) == (49, 9, 550, 1514)
+    assert (c["base_model"], c["simclr_front"], c["iri_set"], c["paper2_pass"]) == (49, 9, 550, 866)
 
 
 def test_shrunk_paper_keeps_the_architectures_at_their_end_points():
