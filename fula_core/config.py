@@ -381,13 +381,19 @@ def profile_names() -> list[str]:
     return [*PROFILES, *(name + SHRUNK_SUFFIX for name in PROFILES)]
 
 
+def split_shrunk(name: str) -> tuple[str, bool]:
+    """"paper-shrunk" -> ("paper", True); any other name -> (name, False)."""
+    if name.endswith(SHRUNK_SUFFIX):
+        return name[:-len(SHRUNK_SUFFIX)], True
+    return name, False
+
+
 def get_profile(name: str) -> Profile:
     """The named profile, or shrink() of it for "<name>-shrunk"; a clear error for an unknown one."""
-    if name.endswith(SHRUNK_SUFFIX) and name[:-len(SHRUNK_SUFFIX)] in PROFILES:
-        return shrink(PROFILES[name[:-len(SHRUNK_SUFFIX)]])
-    if name not in PROFILES:
+    base, shrunk = split_shrunk(name)
+    if base not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(profile_names())}")
-    return PROFILES[name]
+    return shrink(PROFILES[base]) if shrunk else PROFILES[base]
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shortcuts import MarkerSpec, draw_marker_randomness, paste_markers
+from .shortcuts import MarkerSpec, draw_device, draw_marker_randomness, paste_markers
 
 SPLITS = ("train", "test")
 
@@ -52,6 +52,17 @@ DATASET_INFO: dict[str, dict] = {
     # The synthetic label is "which quadrant is bright": a flip would change the class, so no flips.
     "synthetic": dict(in_channels=3, image_size=16, num_classes=4, flip=False, crop_padding=2),
 }
+
+# Training images of a set's whole training split, for cost estimates (zoo, units); digits: scikit-learn's 1797
+# images minus the 360 held out for testing. A set not listed counts as DEFAULT_TRAIN_IMAGES.
+TRAIN_IMAGES = {"cifar10": 50000, "fashion_mnist": 60000, "digits": 1437}
+DEFAULT_TRAIN_IMAGES = 60000
+
+
+def train_images(dataset: str) -> int:
+    """Images in `dataset`'s whole training split, as cost estimates count them."""
+    return TRAIN_IMAGES.get(dataset, DEFAULT_TRAIN_IMAGES)
+
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_CLASSES = (
@@ -614,7 +625,7 @@ def draw_augmentation(n: int, padding: int, generator: torch.Generator | None = 
     default): row offsets dy int64 [n], then column offsets dx int64 [n], each uniform in 0..2*padding, then
     the flips bool [n] (a uniform draw < 1/2; drawn even where flips are off, so the stream does not depend
     on the recipe)."""
-    draw_on = generator.device if generator is not None else torch.device("cpu")
+    draw_on = draw_device(generator)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on)
     flipped = torch.rand(n, generator=generator, device=draw_on) < 0.5
@@ -681,7 +692,7 @@ def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.
     info = augmentation_of(data) if augment_data else {}
     n = len(data)
     device = data.labels.device
-    draw_on = generator.device if generator is not None else torch.device("cpu")
+    draw_on = draw_device(generator)
     if draw_per_epoch is None:
         draw_per_epoch = draw_on != device
     stop = n - n % batch_size if drop_last else n
@@ -714,7 +725,7 @@ def _epoch_draws(data: ImageSet, source: torch.Tensor, batch_size: int, stop: in
     one byte buffer that goes to the data's device in one transfer, and unpacked there into per-epoch tensors
     that the loop slices batch by batch: (order or None, (dy, dx, flipped) or None, (rows, cols, noise) or None)."""
     device = data.labels.device
-    draw_on = generator.device if generator is not None else torch.device("cpu")
+    draw_on = draw_device(generator)
     order = torch.randperm(len(data), generator=generator, device=draw_on) if shuffle else None
     aug, marks = [], []
     _, channels, height, width = source.shape

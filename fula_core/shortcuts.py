@@ -211,6 +211,11 @@ def class_locations(num_classes: int, image_size: int, patch: int = 4, seed: int
 # Pasting
 # ---------------------------------------------------------------------------------------------------
 
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where draws from `generator` are made: its own device; the CPU for torch's global generator (None)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def draw_marker_randomness(n: int, channels: int, height: int, width: int, patch: int,
                            generator: torch.Generator | None = None):
     """The per-image random numbers of one paste_markers call, in its order, on the generator's device
@@ -219,7 +224,7 @@ def draw_marker_randomness(n: int, channels: int, height: int, width: int, patch
     with it up front and pastes with paste_markers(..., draws=...)."""
     if patch > min(height, width):
         raise ValueError(f"a {patch}x{patch} marker does not fit in {height}x{width} images")
-    draw_on = generator.device if generator is not None else torch.device("cpu")
+    draw_on = draw_device(generator)
     rows = torch.randint(0, height - patch + 1, (n,), generator=generator, device=draw_on)
     cols = torch.randint(0, width - patch + 1, (n,), generator=generator, device=draw_on)
     noise = torch.randint(0, 256, (n, channels, patch, patch), generator=generator, device=draw_on, dtype=torch.uint8)

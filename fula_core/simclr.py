@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from .data import DATASET_INFO, ImageSet, batches, load, steps_per_epoch
 from .models import MODELS_VERSION, NUM_STITCH_POINTS, WRAPPED_ARCHITECTURES, StitchableResNet, build
+from .shortcuts import draw_device
 from .store import NO_CHECKPOINT, Checkpointer, ResultStore, config_key
 from .train import model_payload, restore_model
 
@@ -150,7 +151,7 @@ def simclr_views(x: torch.Tensor, generator: torch.Generator | None = None, *, f
     if c not in (1, 3):
         raise ValueError(f"simclr_views needs 1- or 3-channel images, got {c} channels")
     device = x.device
-    draw_on = generator.device if generator is not None else torch.device("cpu")
+    draw_on = draw_device(generator)
 
     def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
         return (lo + (hi - lo) * torch.rand(n, *shape, generator=generator, device=draw_on)).to(device)

@@ -33,10 +33,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import Profile, get_profile
+from .data import DEFAULT_TRAIN_IMAGES
 from .store import ResultStore, config_key
 
 KINDS = ("base_model", "simclr_front", "stitch_group", "eval_group", "iri_set", "paper2_pass", "section")
-FULL_SET = 60000  # images of a whole training set in cost estimates (zoo._cost's convention)
+FULL_SET = DEFAULT_TRAIN_IMAGES  # images of a whole training set in cost estimates (as zoo._cost counts)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import time
 
 from . import attacks
 from .config import Profile, get_profile, resolve_device
-from .data import load
+from .data import load, train_images
 from .paths import cache_dir
 from .stitching import evaluate
 from .store import ResultStore
@@ -110,19 +110,15 @@ def get_zoo_model(store: ResultStore, cfg, device, *, data_dir=None, progress: b
     return get_simclr_model(store, cfg, device, data_dir=data_dir, progress=progress)
 
 
-# training images of the sets whose whole training split a zoo model may use (digits: scikit-learn's 1797
-# minus the 360 test images); any other set counts as 60k
-_TRAIN_SIZE = {"digits": 1437, "cifar10": 50000}
-
-
 def _cost(cfg) -> float:
     """Relative training cost: images x epochs x (1 + PGD steps for robust models); a whole training set
-    counts as its size (_TRAIN_SIZE, else 60k images), a SimCLR epoch as two views (2 forwards and backwards
-    per image)."""
-    images = cfg.train_subset or _TRAIN_SIZE.get(cfg.dataset, 60000)
+    counts as its size (data.train_images). SimCLR: a pre-training epoch as two views (2 forwards and backwards
+    per image), a probe epoch as a third of a training step (a forward of the frozen encoder; only the head learns)."""
+    images = cfg.train_subset or train_images(cfg.dataset)
     if isinstance(cfg, TrainConfig):
         return images * cfg.epochs * (1 + cfg.robust * cfg.pgd_steps)
-    return images * cfg.epochs * 2
+    probe_epochs = cfg.epochs if cfg.probe_epochs is None else cfg.probe_epochs
+    return images * (2 * cfg.epochs + probe_epochs / 3)
 
 
 def missing_models(profile: Profile, store: ResultStore) -> list[str]:
