@@ -126,14 +126,18 @@ class EngineConfig:
         rounds differently from the BN kernel in the last bit, so PGD signs of near-zero gradients can flip
         (tests/test_engine_equality.py bounds the effect). None (default): on for CUDA, off on the CPU, where
         the engine stays bit-identical to its previous version; True turns it on on the CPU too.
-    batch_clean: one stitched forward and backward of g_{>j} for all clean jobs (alpha = 0) at one stitch
-        point (_train_clean_group): their stitch outputs interleaved into one [B * J] batch, train-mode BN with
-        each job's own batch statistics and running statistics (one BatchNorm call over the J jobs' channels),
-        each job's loss on its own samples, one backward. Exact in the math; sums run in another order, so
+    batch_clean: one stitched forward and backward of the end model g for all clean jobs (alpha = 0) of every
+        stitch point (_train_clean_group): g runs once, point by point from the earliest job's point, and each
+        job's stitch outputs join the batch at its own point j, interleaved along a job dimension ([B * J'] rows
+        for the J' jobs inside); train-mode BN with each job's own batch statistics and running statistics (one
+        BatchNorm call over the jobs' channels); each job's loss on its own samples, one backward. A 9-point
+        workload so runs g's units once instead of once per point. (An end model without `segment`, e.g. a
+        wrapped network, gets one such pass per end point.) Exact in the math; sums run in another order, so
         results agree to float rounding (tests/test_engine_equality.py states the tolerance), not bit for
-        bit. It assumes BatchNorm is the only layer of g_{>j} that mixes samples, true of every model here;
-        active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. None
-        (default): on for CUDA, off on the CPU; True turns it on on the CPU too.
+        bit. It assumes BatchNorm is the only layer of g that mixes samples, true of every model here;
+        active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. The
+        backward keeps the activations of every clean job at once (not one point's at a time): memory grows
+        with the number of clean jobs. None (default): on for CUDA, off on the CPU; True turns it on there too.
     """
 
     pgd_bf16: bool = False
@@ -863,8 +867,8 @@ class _Engine:
         self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
         self.bn_consts = {"front": {}, "end": {}}  # _per_job_eval_bn's per-layer constants, built once
         self.row = {n: k for k, (n, _) in enumerate(active)}
-        # each job's slot: its row of the end bank and of loss_sums; the clean jobs of one stitch point sit in
-        # consecutive slots, sorted by objective, so a batched group reads and writes one slice of each
+        # each job's slot: its row of the end bank and of loss_sums; the clean jobs sit in consecutive slots by
+        # end point (_slot_order), so a batched group reads and writes one slice of each
         slots = _slot_order([st.job for _, st in active])
         self.slot = {n: slots[k] for k, (n, _) in enumerate(active)}
         self.loss_sums = torch.zeros(len(active), device=next(front.parameters()).device)
