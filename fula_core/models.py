@@ -157,6 +157,16 @@ class StitchableResNet(nn.Module):
                 acts.append(a)
         return (acts, self.head(a)) if with_logits else acts
 
+    def segment(self, a: torch.Tensor, k: int) -> torch.Tensor:
+        """The activation at stitch point k + 1 when `a` is placed at point k: the units between the two points
+        (the stitching engine walks g point by point, letting further stitched batches join at each point)."""
+        k = self._check_point(k)
+        if k + 1 >= len(self.stitch_points):
+            raise IndexError(f"stitch point {k} is the last one: no segment follows it (forward_from gives the logits)")
+        for unit in self.units[self._point_unit[k] + 1 : self._point_unit[k + 1] + 1]:
+            a = unit(a)
+        return a
+
     def forward_from(self, a: torch.Tensor, k: int) -> torch.Tensor:
         """Logits of the network when activation `a` is placed at stitch point k."""
         k = self._check_point(k)

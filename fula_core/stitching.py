@@ -126,14 +126,18 @@ class EngineConfig:
         rounds differently from the BN kernel in the last bit, so PGD signs of near-zero gradients can flip
         (tests/test_engine_equality.py bounds the effect). None (default): on for CUDA, off on the CPU, where
         the engine stays bit-identical to its previous version; True turns it on on the CPU too.
-    batch_clean: one stitched forward and backward of g_{>j} for all clean jobs (alpha = 0) at one stitch
-        point (_train_clean_group): their stitch outputs interleaved into one [B * J] batch, train-mode BN with
-        each job's own batch statistics and running statistics (one BatchNorm call over the J jobs' channels),
-        each job's loss on its own samples, one backward. Exact in the math; sums run in another order, so
+    batch_clean: one stitched forward and backward of the end model g for all clean jobs (alpha = 0) of every
+        stitch point (_train_clean_group): g runs once, point by point from the earliest job's point, and each
+        job's stitch outputs join the batch at its own point j, interleaved along a job dimension ([B * J'] rows
+        for the J' jobs inside); train-mode BN with each job's own batch statistics and running statistics (one
+        BatchNorm call over the jobs' channels); each job's loss on its own samples, one backward. A 9-point
+        workload so runs g's units once instead of once per point. (An end model without `segment`, e.g. a
+        wrapped network, gets one such pass per end point.) Exact in the math; sums run in another order, so
         results agree to float rounding (tests/test_engine_equality.py states the tolerance), not bit for
-        bit. It assumes BatchNorm is the only layer of g_{>j} that mixes samples, true of every model here;
-        active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. None
-        (default): on for CUDA, off on the CPU; True turns it on on the CPU too.
+        bit. It assumes BatchNorm is the only layer of g that mixes samples, true of every model here;
+        active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. The
+        backward keeps the activations of every clean job at once (not one point's at a time): memory grows
+        with the number of clean jobs. None (default): on for CUDA, off on the CPU; True turns it on there too.
     """
 
     pgd_bf16: bool = False
@@ -863,8 +867,8 @@ class _Engine:
         self.front_layers, self.end_layers = bn_layers(front), bn_layers(end)
         self.bn_consts = {"front": {}, "end": {}}  # _per_job_eval_bn's per-layer constants, built once
         self.row = {n: k for k, (n, _) in enumerate(active)}
-        # each job's slot: its row of the end bank and of loss_sums; the clean jobs of one stitch point sit in
-        # consecutive slots, sorted by objective, so a batched group reads and writes one slice of each
+        # each job's slot: its row of the end bank and of loss_sums; the clean jobs sit in consecutive slots by
+        # end point (_slot_order), so a batched group reads and writes one slice of each
         slots = _slot_order([st.job for _, st in active])
         self.slot = {n: slots[k] for k, (n, _) in enumerate(active)}
         self.loss_sums = torch.zeros(len(active), device=next(front.parameters()).device)
@@ -977,9 +981,10 @@ def _batched_pgd(eng: "_Engine", group: list[tuple[int, "_Job"]], x: torch.Tenso
 
 
 def _slot_order(jobs: Sequence[StitchJob]) -> list[int]:
-    """Each job's slot (_Engine.slot): clean jobs first, by stitch point, then objective and FuLA weights, so the
-    clean jobs of one point, and among them those of one objective, sit in consecutive slots."""
-    order = sorted(range(len(jobs)), key=lambda k: (jobs[k].alpha > 0, jobs[k].front_point, jobs[k].end_point,
+    """Each job's slot (_Engine.slot): clean jobs first, by end point (where they enter g), then front point,
+    objective and FuLA weights; so the clean jobs that have entered g by any of its layers, in the order they
+    entered, sit in consecutive slots (one slice of the layer-major end bank: _grouped_train_bn)."""
+    order = sorted(range(len(jobs)), key=lambda k: (jobs[k].alpha > 0, jobs[k].end_point, jobs[k].front_point,
                                                     jobs[k].objective, str(jobs[k].fula_weights), k))
     slots = [0] * len(jobs)
     for slot, k in enumerate(order):
@@ -989,79 +994,130 @@ def _slot_order(jobs: Sequence[StitchJob]) -> list[int]:
 
 @dataclass
 class _CleanGroup:
-    """Clean jobs (alpha = 0) at one stitch point (i, j) in consecutive slots first..stop-1, in slot order.
+    """Clean jobs (alpha = 0) in consecutive slots first..stop-1, in slot order, trained in one pass through
+    the end model g (_train_clean_group), each entering g at its own point j.
 
-    parts: (objective, fula weights, first, stop) runs of jobs with the same loss, as positions in `jobs`.
-    through: positions of the jobs whose stitch outputs go through g_{>j} (all in train-BN mode, where hint's
-    forward re-estimates the statistics; none of hint's in eval-BN mode, where it needs no forward)."""
+    entries: (point, positions in `jobs`) of the jobs whose stitch outputs go through g (all in train-BN mode,
+    where hint's forward re-estimates the statistics; none of hint's in eval-BN mode, where it needs no forward),
+    by point. In g's batch they lie along a job dimension in slot order, which is the order they enter, so the
+    jobs inside any layer are the group's first few slots.
+    The loss of job k is sum_t weight[t] * term[t] over the terms t with owner[t] = k, the terms produced in this
+    order: hint's relative errors (`hint`: (point, positions)), FuLA's relative errors at each point p of g
+    (`fula_at`: (p, positions of the terms' jobs along g's job dimension, or None when they are all the jobs
+    there), each weighted by the job's normalised weight of p), then SLM's and TLM/HLM's (`slm`, `labels`:
+    positions along the job dimension of the logits)."""
 
     jobs: list
-    i: int
-    j: int
     first: int
     stop: int
-    parts: list
-    through: list
-    bn: list | None = None  # train-BN: per end BN layer, the group's (running mean, running var) views of the bank
+    entries: list
+    hint: list
+    fula_at: list
+    slm: torch.Tensor | None
+    labels: torch.Tensor | None
+    owner: torch.Tensor
+    weight: torch.Tensor
+    needs_grad: bool  # some job's loss reads g's outputs (not only hint's, which are detached)
+    bn: dict = dataclasses.field(default_factory=dict)  # train-BN: (layer, jobs inside) -> views of the end bank
+    counts_step: dict = dataclasses.field(default_factory=dict)  # layers run -> num_batches_tracked increments
+
+
+def _segmented(end) -> bool:
+    """Whether g can be walked point by point (end.segment), so that jobs of different points share one pass."""
+    return callable(getattr(end, "segment", None))
 
 
 def _clean_groups(eng: "_Engine", running: list[tuple[int, "_Job"]]) -> list[_CleanGroup]:
-    """The running clean jobs of each stitch point in runs of consecutive slots, the runs of two or more jobs
-    (a job alone trains as before); cached until the set of running jobs changes (a job stops)."""
+    """The running clean jobs in runs of consecutive slots, the runs of two or more jobs (a job alone trains as
+    before); a run spans every stitch point when g can be walked point by point, else one end point. Cached
+    until the set of running jobs changes (a job stops)."""
     key = tuple(n for n, _ in running)
     if eng.clean_groups[0] == key:
         return eng.clean_groups[1]
+    segmented = _segmented(eng.end)
     clean = sorted(((eng.slot[n], n, st) for n, st in running if st.job.alpha == 0), key=lambda t: t[0])
     runs: list[list] = []
     for slot, n, st in clean:
         last = runs[-1][-1] if runs else None
-        if last is not None and last[0] == slot - 1 and \
-                (last[2].job.front_point, last[2].job.end_point) == (st.job.front_point, st.job.end_point):
+        if last is not None and last[0] == slot - 1 and (segmented or last[2].job.end_point == st.job.end_point):
             runs[-1].append((slot, n, st))
         else:
             runs.append([(slot, n, st)])
-    groups = []
-    for run in runs:
-        if len(run) < 2:
-            continue
-        jobs = [(n, st) for _, n, st in run]
-        parts = []
-        for k, (_, st) in enumerate(jobs):
-            loss = (st.job.objective, st.job.fula_weights)
-            if parts and parts[-1][:2] == loss:
-                parts[-1][3] = k + 1
-            else:
-                parts.append([*loss, k, k + 1])
-        through = [k for k, (_, st) in enumerate(jobs) if eng.train_bn or st.job.objective != "hint"]
-        groups.append(_CleanGroup(jobs, run[0][2].job.front_point, run[0][2].job.end_point, run[0][0],
-                                  run[-1][0] + 1, [tuple(p) for p in parts], through))
+    groups = [_clean_group(eng, run) for run in runs if len(run) >= 2]
     eng.clean_groups = (key, groups)
     return groups
 
 
+def _clean_group(eng: "_Engine", run: list) -> _CleanGroup:
+    """The plan of one group's pass (_CleanGroup): who enters g where, and which loss terms belong to whom."""
+    jobs = [(n, st) for _, n, st in run]
+    spec = [st.job for _, st in jobs]
+    device = eng.loss_sums.device
+    points = len(eng.end.stitch_points)
+
+    def by_point(ks):
+        return [(j, [k for k in ks if spec[k].end_point == j]) for j in sorted({spec[k].end_point for k in ks})]
+
+    def index(positions):
+        return torch.tensor(positions, dtype=torch.long, device=device)
+
+    through = [k for k, job in enumerate(spec) if eng.train_bn or job.objective != "hint"]
+    if [spec[k].end_point for k in through] != sorted(spec[k].end_point for k in through):
+        raise AssertionError("clean jobs must sit in slots by end point (_slot_order): they join g in that order")
+    position = {k: p for p, k in enumerate(through)}  # along g's job dimension
+    hint = by_point([k for k, job in enumerate(spec) if job.objective == "hint"])
+    owner = [k for _, ks in hint for k in ks]
+    weight = [1.0] * len(owner)
+    fula_at = []
+    for p in range(spec[through[0]].end_point if through else points, points):
+        inside = [k for k in through if spec[k].end_point <= p]  # g's batch at point p
+        terms = []
+        for k in inside:
+            if spec[k].objective == "fula":
+                w = spec[k].fula_weights or (1.0,) * (points - spec[k].end_point)
+                if w[p - spec[k].end_point]:  # fula_loss skips the terms of weight zero
+                    terms.append((k, w[p - spec[k].end_point] / sum(w)))
+        if terms:
+            ks = [k for k, _ in terms]
+            fula_at.append((p, None if ks == inside else index([position[k] for k in ks])))
+            owner += ks
+            weight += [w for _, w in terms]
+    heads = []
+    for objectives in (("slm",), ("tlm", "hlm")):
+        ks = [k for k in through if spec[k].objective in objectives]
+        heads.append(index([position[k] for k in ks]) if ks else None)
+        owner += ks
+        weight += [1.0] * len(ks)
+    return _CleanGroup(jobs, run[0][0], run[-1][0] + 1, by_point(through), hint, fula_at, heads[0], heads[1],
+                       index(owner), torch.tensor(weight, device=device),
+                       any(spec[k].objective != "hint" for k in through))
+
+
 @contextlib.contextmanager
-def _grouped_train_bn(eng: "_Engine", group: _CleanGroup):
-    """Train-mode BN layers of the end model that treat a batch of B * J samples, sample b of job k in row
-    b * J + k, as J jobs' batches: viewed as [B, J * C, ...], one BatchNorm call normalises every (job, channel)
-    with its own batch statistics over its job's B samples, exactly as the job's own forward would, and updates
-    each job's running statistics in place: the J jobs' rows of the layer-major end bank are one contiguous
-    [J * C] vector (consecutive slots). The counts of the layers that ran are advanced after the block.
-    (A channels_last input cannot be viewed so; reshape copies it, which only costs time.)"""
-    layers, bank, jobs = eng.end_layers, eng.end_bank, len(group.jobs)
+def _grouped_train_bn(eng: "_Engine", group: _CleanGroup, batch: int):
+    """Train-mode BN layers of the end model that treat a batch of `batch` * J samples, sample b of job k in row
+    b * J + k, as J jobs' batches: viewed as [batch, J * C, ...], one BatchNorm call normalises every (job,
+    channel) with its own batch statistics over its job's samples, exactly as the job's own forward would, and
+    updates each job's running statistics in place. The J jobs inside a layer are the group's first J slots,
+    whose rows of the layer-major end bank are one contiguous [J * C] vector. The counts of the layers that ran
+    are advanced after the block, for the jobs that were inside them. (A channels_last input cannot be viewed
+    so; reshape copies it, which only costs time.)"""
+    layers, bank = eng.end_layers, eng.end_bank
     reps = eng.bn_consts.setdefault("end_repeated", {})
-    if group.bn is None:  # views, made once per group (the groups are cached while the running jobs stay)
-        group.bn = [bank.group(index, group.first, group.stop) for index in range(len(layers))]
-    ran: list[int] = []
+    ran: list[tuple[int, int]] = []
     try:
         for index, m in enumerate(layers):
-            mean, var = group.bn[index]
-            if (index, jobs) not in reps:  # the frozen affine parameters, once per layer and group size
-                reps[(index, jobs)] = tuple(None if t is None else t.detach().repeat(jobs) for t in (m.weight, m.bias))
-            weight, bias = reps[(index, jobs)]
 
-            def forward(x, m=m, index=index, mean=mean, var=var, weight=weight, bias=bias):
-                ran.append(index)
-                grouped = x.reshape(x.shape[0] // jobs, jobs * x.shape[1], *x.shape[2:])
+            def forward(x, m=m, index=index):
+                jobs = x.shape[0] // batch
+                key = (index, jobs)
+                ran.append(key)
+                if key not in group.bn:  # views, made once per group (cached while the running jobs stay)
+                    group.bn[key] = bank.group(index, group.first, group.first + jobs)
+                if key not in reps:  # the frozen affine parameters, once per layer and number of jobs
+                    reps[key] = tuple(None if t is None else t.detach().repeat(jobs) for t in (m.weight, m.bias))
+                (mean, var), (weight, bias) = group.bn[key], reps[key]
+                grouped = x.reshape(batch, jobs * x.shape[1], *x.shape[2:])
                 out = F.batch_norm(grouped, mean, var, weight, bias, True, m.momentum, m.eps)
                 return out.reshape(x.shape)
 
@@ -1070,12 +1126,16 @@ def _grouped_train_bn(eng: "_Engine", group: _CleanGroup):
     finally:
         for m in layers:
             m.__dict__.pop("forward", None)
-    if ran:  # num_batches_tracked += 1 for each job and each layer that ran (usually a contiguous run of layers)
-        if ran == list(range(ran[0], ran[0] + len(ran))):
-            bank.counts[ran[0]:ran[-1] + 1, group.first:group.stop].add_(1)
-        else:
-            for index in ran:
-                bank.counts[index, group.first:group.stop].add_(1)
+    if ran:  # num_batches_tracked += 1 for each layer that ran and each job inside it, in one addition
+        key = tuple(ran)
+        if key not in group.counts_step:
+            counts = bank.counts[:, group.first:group.stop]
+            step = torch.zeros_like(counts)
+            for index, jobs in ran:
+                step[index, :jobs] += 1
+            group.counts_step[key] = (counts, step)
+        counts, step = group.counts_step[key]
+        counts.add_(step)
 
 
 def _relative_errors(a: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -1090,56 +1150,68 @@ def _relative_errors(a: torch.Tensor, t: torch.Tensor, reduction: str) -> torch.
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _through_end(end, entering: list[tuple[int, torch.Tensor]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One pass of g for jobs that enter at several points: `entering` holds, by point, their stitch outputs
+    [B, J_p, ...]. From the first point on, g runs segment by segment; at each point the jobs entering there
+    join the batch along the job dimension. Returns g's batch at every point from the first ([B, J', ...],
+    the J' jobs entered so far) and the logits of all jobs [B, J, classes]. Without end.segment all jobs enter
+    at one point (_clean_groups) and g_{>j} runs at once."""
+    (j, a), b = entering[0], entering[0][1].shape[0]
+
+    def jobs_apart(t):  # [B * J', ...] -> [B, J', ...] (a view: sample b of job k is row b * J' + k)
+        return t.reshape(b, -1, *t.shape[1:])
+
+    if len(entering) == 1 and not _segmented(end):
+        later, logits = end.activations_from(a.flatten(0, 1), j, with_logits=True)
+        return [a] + [jobs_apart(t) for t in later], jobs_apart(logits)
+    joining, last = dict(entering[1:]), len(end.stitch_points) - 1
+    acts = [a]
+    for p in range(j + 1, last + 1):
+        a = jobs_apart(end.segment(a.flatten(0, 1), p - 1))
+        if p in joining:
+            a = torch.cat([a, joining[p]], 1)
+        acts.append(a)
+    return acts, jobs_apart(end.forward_from(a.flatten(0, 1), last))
+
+
 def _train_clean_group(eng: "_Engine", group: _CleanGroup, x, y, clean_targets) -> None:
     """objective_loss and its backward for every job of a clean group in one pass (EngineConfig.batch_clean).
 
-    Each job's stitch maps the shared front activation; the outputs go through g_{>j} as one interleaved batch
-    (_grouped_train_bn in train-BN mode; eval-mode BN is per sample anyway); each job's loss is computed on its
-    own block, by objective in a few batched operations; the losses' sum is backpropagated once, which gives
-    each stitch its own loss's gradient (the jobs share no parameters, and no sample of one job reaches
-    another's loss: BN statistics are per job). The losses go to the jobs' slots of loss_sums."""
+    Each job's stitch maps its shared front activation; the outputs enter g at their own points and go through
+    the rest of g as one batch (_through_end; _grouped_train_bn in train-BN mode, eval-mode BN is per sample
+    anyway); each job's loss is a weighted sum of terms computed on its own block, by objective and point in a
+    few batched operations (_CleanGroup); the losses' sum is backpropagated once, which gives each stitch its own
+    loss's gradient (the jobs share no parameters, and no sample of one job reaches another's loss: BN statistics
+    are per job). The losses go to the jobs' slots of loss_sums."""
     cfg, end, train_bn = eng.cfg, eng.end, eng.train_bn
     front_acts, targets, end_logits = clean_targets
-    i, j, jobs = group.i, group.j, group.jobs
-    b = x.shape[0]
+    jobs, b = group.jobs, x.shape[0]
+    terms = []
     with _autocast(x.device):
-        outs = [st.stitch(front_acts[i]) for _, st in jobs]
-        later = logits = None
-        through = group.through
-        if through:
-            objectives = {jobs[k][1].job.objective for k in through}
-            stacked = torch.stack([outs[k].detach() if jobs[k][1].job.objective == "hint" else outs[k]
-                                   for k in through], 1)  # [B, J', ...]: sample b of the k-th job at row b * J' + k
-            with torch.set_grad_enabled(objectives != {"hint"}), \
-                    _grouped_train_bn(eng, group) if train_bn else contextlib.nullcontext():  # train-BN: all through
-                if "fula" in objectives:
-                    later, logits = end.activations_from(stacked.flatten(0, 1), j, with_logits=True)
-                    later = [t.reshape(b, len(through), *t.shape[1:]) for t in later]
-                else:
-                    logits = end.forward_from(stacked.flatten(0, 1), j)
-            logits = logits.reshape(b, len(through), *logits.shape[1:])
-        position = {k: p for p, k in enumerate(through)}
-        losses = []
-        for objective, weights, first, stop in group.parts:
-            if objective == "hint":
-                losses.append(_relative_errors(torch.stack(outs[first:stop], 1), targets[j], cfg.fula_reduction))
-                continue
-            part = slice(position[first], position[stop - 1] + 1)
-            if objective == "fula":
-                acts = [stacked[:, part]] + [t[:, part] for t in later]
-                w = [1.0] * len(acts) if weights is None else list(weights)
-                total = sum(w)
-                losses.append(sum((wk / total) * _relative_errors(a, t, cfg.fula_reduction)
-                                  for wk, a, t in zip(w, acts, targets[j:]) if wk))
-            elif objective == "slm":
-                log_h = F.log_softmax(logits[:, part].float(), 2)
+        outs = [st.stitch(front_acts[st.job.front_point]) for _, st in jobs]
+        for j, ks in group.hint:  # hint: the relative error at its point, of its stitch's own output
+            terms.append(_relative_errors(torch.stack([outs[k] for k in ks], 1), targets[j], cfg.fula_reduction))
+        if group.entries:
+            # hint's outputs only re-estimate g's statistics (train-BN): no gradient flows back through g to them
+            entering = [(j, torch.stack([outs[k].detach() if jobs[k][1].job.objective == "hint" else outs[k]
+                                         for k in ks], 1)) for j, ks in group.entries]
+            with torch.set_grad_enabled(group.needs_grad), \
+                    _grouped_train_bn(eng, group, b) if train_bn else contextlib.nullcontext():
+                acts, logits = _through_end(end, entering)
+            first = group.entries[0][0]
+            for p, inside in group.fula_at:
+                a = acts[p - first] if inside is None else acts[p - first].index_select(1, inside)
+                terms.append(_relative_errors(a, targets[p], cfg.fula_reduction))
+            if group.slm is not None:
+                log_h = F.log_softmax(logits.index_select(1, group.slm).float(), 2)
                 log_g = F.log_softmax(end_logits.float(), 1).unsqueeze(1)
-                losses.append((log_g.exp() * (log_g - log_h)).sum((0, 2)) / b)  # slm_loss's batchmean KL per job
-            else:  # tlm / hlm
-                out = logits[:, part].float()
-                losses.append(F.cross_entropy(out.permute(0, 2, 1), y.unsqueeze(1).expand(b, out.shape[1]),
-                                              reduction="none").mean(0))
-    losses = torch.cat(losses) if len(losses) > 1 else losses[0]
+                terms.append((log_g.exp() * (log_g - log_h)).sum((0, 2)) / b)  # slm_loss's batchmean KL per job
+            if group.labels is not None:  # tlm / hlm
+                out = logits.index_select(1, group.labels).float()
+                terms.append(F.cross_entropy(out.permute(0, 2, 1), y.unsqueeze(1).expand(b, out.shape[1]),
+                                             reduction="none").mean(0))
+    terms = torch.cat(terms) if len(terms) > 1 else terms[0]
+    losses = torch.zeros(len(jobs), device=terms.device).index_add_(0, group.owner, terms * group.weight)
     losses.sum().backward()
     eng.loss_sums[group.first:group.stop].add_(losses.detach())
 

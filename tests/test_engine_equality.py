@@ -7,6 +7,7 @@ Those layers are left out of the comparison for such jobs; every layer h runs is
 """
 import copy
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -211,19 +212,29 @@ def test_batched_pgd_matches_each_jobs_own_pgd(setup):
 CLEAN_JOBS = [StitchJob(3, 3, "tlm"), StitchJob(3, 3, "slm"), StitchJob(3, 3, "hint"), StitchJob(3, 3, "fula"),
               StitchJob(3, 3, "hlm"), StitchJob(3, 3, "fula", fula_weights=(0, 1, 0, 2, 0, 1)),
               StitchJob(2, 4, "fula"), StitchJob(2, 4, "hint"), StitchJob(6, 6, "tlm"), StitchJob(6, 6, "hint"),
-              StitchJob(5, 5, "slm"), StitchJob(3, 3, "tlm", alpha=1.0), StitchJob(2, 4, "slm", alpha=0.5),
-              StitchJob(7, 7, "dm")]
+              StitchJob(5, 5, "slm"), StitchJob(1, 3, "slm"), StitchJob(8, 8, "fula"), StitchJob(3, 3, "tlm", alpha=1.0),
+              StitchJob(2, 4, "slm", alpha=0.5), StitchJob(7, 7, "dm")]
+
+
+@pytest.fixture(params=["one pass", "per point"])
+def passes(request, monkeypatch):
+    """batch_clean's two forms: one pass through g for the clean jobs of every point (a model with segment), and
+    one pass per end point (a model without it, e.g. a wrapped network): the second by hiding segment."""
+    if request.param == "per point":
+        monkeypatch.delattr(models.StitchableResNet, "segment")
+    return request.param
 
 
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
 @pytest.mark.parametrize("reduction", ["batch", "sample"])
-def test_batched_clean_jobs_match_the_job_by_job_engine(setup, bn_mode, reduction):
-    """EngineConfig(batch_clean=True): the clean jobs of a point train in one forward/backward of g_{>j}. Groups
-    here: six jobs at 3 -> 3 (tlm, slm, hint, hlm, fula with uniform and with own weights), two at 2 -> 4 (FuLA
-    over the five later points), two at 6 -> 6, besides a lone clean job, adversarial and mixed jobs at the
-    same points and a DM job. Stated tolerance (float summation order only): losses within rel 1e-5, stitches
-    and running statistics within rtol 1e-4 / atol 1e-6 after 6 steps; the counts and the front's statistics
-    (untouched by the batching) are equal."""
+def test_batched_clean_jobs_match_the_job_by_job_engine(setup, bn_mode, reduction, passes):
+    """EngineConfig(batch_clean=True): the clean jobs train in one forward/backward of g, entering at their own
+    points (or, per point, of g_{>j}). Jobs: six at 3 -> 3 (tlm, slm, hint, hlm, fula with uniform and with own
+    weights) and an slm at 1 -> 3 (another front point, same entry), two at 2 -> 4 (FuLA over the five later
+    points), an slm at 5 -> 5 (alone at its point), two at 6 -> 6, a FuLA at the last point 8 -> 8 (one term),
+    besides adversarial and mixed jobs at the same points and a DM job. Stated tolerance (float summation order
+    only): losses within rel 1e-5, stitches and running statistics within rtol 1e-4 / atol 1e-6 after 6 steps;
+    the counts and the front's statistics (untouched by the batching) are equal."""
     front, end, train = setup
     cfg = dataclasses.replace(CFG, bn_mode=bn_mode, fula_reduction=reduction, pgd_steps=1)
     outs = [stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), CLEAN_JOBS, train, cfg, progress=False,
@@ -243,9 +254,10 @@ def test_batched_clean_jobs_match_the_job_by_job_engine(setup, bn_mode, reductio
         assert all(torch.equal(x, z) for x, z in zip(b.front_bn, a.front_bn)), a.job.name
 
 
-def test_batched_clean_path_is_taken_and_default_is_off_on_cpu(setup, monkeypatch):
-    """batch_clean=True runs every clean group of two or more jobs through _train_clean_group (a lone clean job
-    and the adversarial ones keep their own path); the CPU default never calls it."""
+def test_batched_clean_path_is_taken_and_default_is_off_on_cpu(setup, monkeypatch, passes):
+    """batch_clean=True runs every clean group of two or more jobs through _train_clean_group: one group of all
+    clean jobs of every point when g can be walked point by point (end.segment), else one per end point (where a
+    lone clean job keeps its own path); the adversarial jobs keep theirs. The CPU default never calls it."""
     front, end, train = setup
     seen = []
     real = stitching._train_clean_group
@@ -261,7 +273,12 @@ def test_batched_clean_path_is_taken_and_default_is_off_on_cpu(setup, monkeypatc
     stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), CLEAN_JOBS, train, cfg, progress=False,
                              engine=stitching.EngineConfig(batch_clean=True))
     groups = set(seen)
-    assert {len(g) for g in groups} == {6, 2} and len(groups) == 3
+    clean = {j.name for j in CLEAN_JOBS if j.alpha == 0 and j.objective != "dm"}
+    if passes == "one pass":
+        assert len(groups) == 1 and set(next(iter(groups))) == clean
+    else:
+        assert sorted(len(g) for g in groups) == [2, 2, 7]  # points 3, 4 and 6; the jobs at 5 and 8 are alone
+        assert all(len({name.split("->")[1] for name in g}) == 1 for g in groups)
     assert all("a1" not in name and "a0.5" not in name for g in groups for name in g)
 
 
@@ -277,6 +294,42 @@ def test_clean_groups_split_where_a_job_stopped(setup):
     middle = whole.jobs[2][0]
     parts = stitching._clean_groups(eng, [(n, st) for n, st in active if n != middle])
     assert [len(g.jobs) for g in parts] == [2, 3] and all(middle not in dict(g.jobs) for g in parts)
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_batched_clean_job_with_non_finite_loss_stops_alone(setup, monkeypatch, bn_mode):
+    """A clean job whose stitch outputs NaN (its bias poisoned) inside the one pass through g: it is stopped after
+    the first epoch in both engines, and the other jobs -- entering before and after it, of every objective,
+    among them a group of hints alone at one point -- end as in the job-by-job engine (same tolerance as above):
+    nothing of one job reaches another's statistics, loss or gradient, and the pass re-forms without it."""
+    front, end, train = setup
+    jobs = [StitchJob(1, 1, "tlm"), StitchJob(2, 2, "hint"), StitchJob(1, 2, "hint"),
+            StitchJob(3, 4, "fula"), StitchJob(4, 4, "fula"), StitchJob(4, 4, "slm"), StitchJob(7, 7, "tlm")]
+    poisoned = "fula[4->4]a0"
+    real = stitching.init_stitches
+
+    def init(front, end, jobs, *args):
+        stitches = real(front, end, jobs, *args)
+        for job, stitch in zip(jobs, stitches):
+            if job.name == poisoned:
+                with torch.no_grad():
+                    stitch.conv.bias.fill_(float("nan"))
+        return stitches
+
+    monkeypatch.setattr(stitching, "init_stitches", init)
+    cfg = dataclasses.replace(CFG, bn_mode=bn_mode, epochs=3)
+    outs = [stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), jobs, train, cfg, progress=False,
+                                     engine=stitching.EngineConfig(batch_clean=flag)) for flag in (False, True)]
+    for a, b in zip(*outs):
+        if a.job.name == poisoned:
+            assert a.error is not None and b.error is not None and len(b.losses) == 1
+            continue
+        assert b.error is None and len(b.losses) == cfg.epochs and all(map(math.isfinite, b.losses)), b.job.name
+        assert b.losses == pytest.approx(a.losses, rel=1e-5, abs=1e-7), a.job.name
+        for k in a.stitch_state:
+            torch.testing.assert_close(b.stitch_state[k], a.stitch_state[k], rtol=1e-4, atol=1e-6, msg=a.job.name)
+        for x, z in zip(b.end_bn or [], a.end_bn or []):
+            torch.testing.assert_close(x, z, rtol=1e-4, atol=1e-6, msg=a.job.name)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
