@@ -24,6 +24,7 @@ ImageNet's mean and std), so attacks and IRIs work in the natural input box.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import sys
 import warnings
@@ -316,6 +317,21 @@ class Stitchable(nn.Module):
         gm.graph.lint()
         gm.recompile()
         return gm
+
+    def __deepcopy__(self, memo):
+        # An fx graph deep-copies into new nodes without telling `memo`, so the copied point list would name
+        # nodes of no graph (KeyError on the next cut). Copy everything but the trace, then trace the copy.
+        skip = ("_graph", "_nodes", "_root", "_subgraphs")
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            if name not in skip:
+                new.__dict__[name] = copy.deepcopy(value, memo)
+        new._graph, new._nodes, new._subgraphs = None, [], {}
+        if self.traced:
+            new.traced = False
+            new._trace()
+        return new
 
     def _apply(self, fn, *args, **kwargs):
         # a device or dtype move may replace tensors the cached sub-graphs hold: rebuild them lazily

@@ -286,3 +286,23 @@ def test_channels_last_feature_maps_are_seen_channels_first():
     torch.testing.assert_close(net.forward_from(acts[0], "a"), net(x))
     torch.testing.assert_close(net.activations_from(acts[0], 0)[0], acts[1])
 
+
+
+@pytest.mark.parametrize("name", ["torchvision_resnet", "torchvision_vgg16"])
+def test_a_deep_copy_cuts_its_own_network(name):
+    import copy
+
+    net = MODELS[name]().eval()
+    x = torch.rand(4, 3, 16, 16) if name != "torchvision_vgg16" else torch.rand(4, 3, 32, 32)
+    a = net.activations_upto(x, 1)
+    net.forward_from(a, 1)  # the original's sub-graphs are built before the copy
+    twin = copy.deepcopy(net)
+    assert twin.traced and torch.equal(twin.forward_from(a, 1), net.forward_from(a, 1))
+    # a cut the original never made: built from the copy's own trace
+    b = net.activations_upto(x, 2)
+    assert torch.equal(twin.activations_upto(x, 2), b) and torch.equal(twin.forward_from(b, 2), net.forward_from(b, 2))
+    with torch.no_grad():  # the copy runs its own weights, not the original's
+        for p in twin.parameters():
+            p.mul_(0.5)
+    assert not torch.equal(twin.forward_from(a, 1), net.forward_from(a, 1))
+    assert all(not torch.equal(p, q) for p, q in zip(twin.parameters(), net.parameters()) if p.abs().sum() > 0)
