@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import claims as claims_lib
-from . import colour, zoo
+from . import colour, metrics, zoo
 from .config import Profile
 from .data import ImageSet, load
 from .experiments import DataSpec
@@ -135,7 +135,7 @@ def model_rows(pl: Plan, models: dict, data: dict) -> list[dict]:
     for name, m in models.items():
         row = {"model": name, "config": front_name(pl.models[name])}
         for kind, d in (("Correlated", data["correlated"]), ("Shape", data["shape"]), ("Colour-Only", only)):
-            row[f"accuracy on {kind}"] = float((predict(m, d).argmax(1) == d.labels).float().mean() * 100)
+            row[f"accuracy on {kind}"] = metrics.accuracy(predict(m, d), d.labels)
         rows.append(row)
     return rows
 
