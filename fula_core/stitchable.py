@@ -218,6 +218,17 @@ class Stitchable(nn.Module):
         acts = [self._out(t) for t in acts]
         return (acts, logits) if with_logits else acts
 
+    def segment(self, a: torch.Tensor, k: int | str) -> torch.Tensor:
+        """The activation at point k + 1 when `a` is placed at point k: only the layers between the two points
+        (the stitching engine walks g point by point with it, letting stitched batches join at each point).
+        Traced networks only: the hook fallback re-runs the whole network for every cut."""
+        k = self.point_index(k)
+        if not self.traced:
+            raise NotImplementedError(f"{type(self.model).__name__} could not be traced: no segment between points")
+        if k + 1 >= len(self.stitch_points):
+            raise StitchPointError(f"stitch point {k} is the last one: no segment follows it (forward_from gives the logits)")
+        return self._out(self._sub("segment", k)(self._in(a)))
+
     def forward_from(self, a: torch.Tensor, k: int | str) -> torch.Tensor:
         """The logits when activation `a` is placed at point k."""
         k = self.point_index(k)
@@ -281,7 +292,7 @@ class Stitchable(nn.Module):
                     f"encloses the whole block (e.g. the residual block instead of a layer inside it)")
 
     def _sub(self, kind: str, k: int | None = None) -> fx.GraphModule:
-        """The sub-graph `kind` ("all", "upto", "from", "head") of point k, built once and cached."""
+        """The sub-graph `kind` ("all", "upto", "from", "segment", "head") of point k, built once and cached."""
         key = (kind, k)
         if key not in self._subgraphs:
             self._subgraphs[key] = self._build(kind, k)
@@ -297,9 +308,11 @@ class Stitchable(nn.Module):
             outputs = self._nodes[k]
         elif kind == "from":
             outputs = self._nodes[k + 1:] + [logits_node]
+        elif kind == "segment":
+            outputs = self._nodes[k + 1]
         else:
             outputs = logits_node
-        cut = self._nodes[k] if kind in ("from", "head") else None
+        cut = self._nodes[k] if kind in ("from", "head", "segment") else None
         # copy only what the outputs depend on, not looking past the cut: g_{>k} never runs f_{<=k}
         # (_check_cuts made sure that nothing else computed from the input is needed)
         needed = set()

@@ -132,7 +132,7 @@ class EngineConfig:
         for the J' jobs inside); train-mode BN with each job's own batch statistics and running statistics (one
         BatchNorm call over the jobs' channels); each job's loss on its own samples, one backward. A 9-point
         workload so runs g's units once instead of once per point. (An end model without `segment`, e.g. a
-        wrapped network, gets one such pass per end point.) Exact in the math; sums run in another order, so
+        wrapped network on the hook fallback, gets one such pass per end point.) Exact in the math; sums run in another order, so
         results agree to float rounding (tests/test_engine_equality.py states the tolerance), not bit for
         bit. It assumes BatchNorm is the only layer of g that mixes samples, true of every model here;
         active dropout (VGG-16's head with bn_mode="train") draws other random numbers than job by job. The
@@ -1023,8 +1023,9 @@ class _CleanGroup:
 
 
 def _segmented(end) -> bool:
-    """Whether g can be walked point by point (end.segment), so that jobs of different points share one pass."""
-    return callable(getattr(end, "segment", None))
+    """Whether g can be walked point by point (end.segment), so that jobs of different points share one pass
+    (a wrapped network only when traced: its hook fallback has no segments)."""
+    return callable(getattr(end, "segment", None)) and getattr(end, "traced", True)
 
 
 def _clean_groups(eng: "_Engine", running: list[tuple[int, "_Job"]]) -> list[_CleanGroup]:

@@ -347,3 +347,40 @@ def test_cuda_batched_clean_jobs_stay_close_to_job_by_job(setup):
             if a.stitch_state[k].is_floating_point():
                 torch.testing.assert_close(a.stitch_state[k], b.stitch_state[k], rtol=0.05, atol=0.02)
         assert a.losses == pytest.approx(b.losses, rel=0.05, abs=0.02)
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_wrapped_network_takes_the_one_pass_too(bn_mode, monkeypatch):
+    """A traced wrapped network (the zoo's VGG-16, BN after every conv) walks g point by point with
+    Stitchable.segment: its clean jobs of every point form one group, and match the job-by-job engine within the
+    tolerance of test_batched_clean_jobs_match_the_job_by_job_engine. (Dropout off: with train-mode BN the head's
+    active dropout would draw other masks batched than job by job, as EngineConfig.batch_clean says.)"""
+    train = data.load("synthetic", "train").take(64)
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = models.build("vgg16", 4, 3, width=2)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        nets.append(_warm(net, train.images.float() / 255))
+    front, end = nets
+    x = torch.rand(2, 3, 16, 16)
+    a = end.activations_upto(x, 1)
+    assert torch.equal(end.segment(a, 1), end.activations_from(a, 1)[0])
+    jobs = [StitchJob(1, 1, "fula"), StitchJob(1, 1, "slm"), StitchJob(2, 3, "hint"), StitchJob(3, 3, "tlm"),
+            StitchJob(4, 4, "fula", fula_weights=(1.0, 0.0))]
+    cfg = dataclasses.replace(CFG, bn_mode=bn_mode, epochs=1, pgd_steps=1)
+    seen = []
+    real = stitching._train_clean_group
+    monkeypatch.setattr(stitching, "_train_clean_group",
+                        lambda eng, group, *args: seen.append(len(group.jobs)) or real(eng, group, *args))
+    outs = [stitching.train_stitches(copy.deepcopy(front), copy.deepcopy(end), jobs, train, cfg, progress=False,
+                                     engine=stitching.EngineConfig(batch_clean=flag)) for flag in (False, True)]
+    assert set(seen) == {len(jobs)}
+    for a, b in zip(*outs):
+        assert b.losses == pytest.approx(a.losses, rel=1e-5, abs=1e-7), a.job.name
+        for k in a.stitch_state:
+            torch.testing.assert_close(b.stitch_state[k], a.stitch_state[k], rtol=1e-4, atol=1e-6, msg=a.job.name)
+        for u, v in zip(b.end_bn or [], a.end_bn or []):
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6, msg=a.job.name)

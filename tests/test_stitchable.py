@@ -206,6 +206,10 @@ def test_untraceable_model_falls_back_to_hooks_with_a_warning():
     acts = net.activations(x)
     torch.testing.assert_close(net.forward_from(acts[1], "b"), net(x))
     torch.testing.assert_close(net.activations_upto(x, 1), acts[1])
+    # no segments on the fallback: the engine's batched clean jobs then take one pass per end point
+    with pytest.raises(NotImplementedError, match="could not be traced"):
+        net.segment(acts[0], 0)
+    assert not stitching._segmented(net) and stitching._segmented(tv_resnet())
 
 
 def test_iris_from_a_wrapped_front_halve_the_inversion_error(synthetic):
