@@ -9,7 +9,9 @@ much capacity a stitch may have.
    as compatible as a real shape model. Paper 2 argues that training the stitch on IRIs exposes such pairs.
    Every sender is stitched with HLM, SLM, FuLA and DM (fula_core "hint", as in notebook 05) on real data and
    on IRIs, and scored by accuracy and agreement with the receiver on Correlated test images and on Shape
-   test images (the same garments, colours independent of the class).
+   test images (the same garments, colours independent of the class). The receiver and its senders are
+   trained `Profile.beyond_replicates` times from their own seeds: the claims' intervals resample these model
+   replicates as well as the test images (colour models trained from the same seed differ between machines).
 2. Capacity ablation. Notebook 05's information pairs (identical, cross-seed, cross-bias) are stitched with
    HLM and FuLA, real data and IRIs, with each stitch family of `stitching.FAMILIES`: identity (no
    alignment), a low-rank affine map, the papers' affine map and a small MLP.
@@ -49,12 +51,19 @@ SIMILAR_WITHIN = 2.0  # pp: "as similar as the second Shape model" means an accu
 
 
 @dataclass(frozen=True)
+class Replicate:
+    """One set of colour models, each trained from its own seed: the Shape receiver and the four senders."""
+
+    receiver: TrainConfig
+    senders: dict  # display name -> TrainConfig
+
+
+@dataclass(frozen=True)
 class Plan:
     """What notebook 08 runs at a profile."""
 
     profile: Profile
-    receiver: TrainConfig
-    senders: dict  # display name -> TrainConfig
+    replicates: tuple[Replicate, ...]
     points: tuple[int, ...]
     stitch: StitchConfig
     samples: int | None
@@ -63,25 +72,43 @@ class Plan:
     families: tuple[tuple[str, str, int | None], ...]  # (display name, StitchConfig.family, rank)
 
     @property
+    def receiver(self) -> TrainConfig:
+        return self.replicates[0].receiver
+
+    @property
+    def senders(self) -> dict:
+        return self.replicates[0].senders
+
+    @property
     def models(self) -> dict:
-        return {"Shape receiver": self.receiver, **self.senders}
+        """Every colour model: display name (model_name) -> config."""
+        return {model_name(name, r): cfg for r, rep in enumerate(self.replicates)
+                for name, cfg in {"Shape receiver": rep.receiver, **rep.senders}.items()}
+
+
+def model_name(name: str, replicate: int) -> str:
+    """A colour model's display name: the first replicate's models keep their plain names."""
+    return name if replicate == 0 else f"{name} (replicate {replicate + 1})"
 
 
 def plan(profile: Profile) -> Plan:
     """The models and sizes of notebook 08 at `profile` (its beyond_* and capacity_* fields)."""
     p, kinds = profile, colour.KINDS
-    cfg = lambda kind, seed, **kw: p.train_config(kinds[kind], seed, **{**p.beyond_model_overrides, **kw})
-    s0, s1 = p.seeds
-    senders = {
-        "second Shape": cfg("shape", s1),
-        "Colour-Only": cfg("colour_only", s0),
-        "Correlated": cfg("correlated", s0),
-        # the architecture at its seed's initialisation: epochs=0 (its cache key says so)
-        "untrained": cfg("shape", s1 + 1, epochs=0),
-    }
+    cfg = lambda kind, seed, **kw: p.train_config(kinds[kind], seed, **{**p.beyond_model_overrides, **kw})  # noqa: E731
+    replicates = []
+    for r in range(p.beyond_replicates):
+        # three seeds per replicate: the first replicate's are the profile's seeds (0, 1) and 2
+        s0, s1 = (s + 3 * r for s in p.seeds)
+        replicates.append(Replicate(cfg("shape", s0), {
+            "second Shape": cfg("shape", s1),
+            "Colour-Only": cfg("colour_only", s0),
+            "Correlated": cfg("correlated", s0),
+            # the architecture at its seed's initialisation: epochs=0 (its cache key says so)
+            "untrained": cfg("shape", s1 + 1, epochs=0),
+        }))
     families = (("identity", "identity", None), (f"rank {p.capacity_rank}", "low_rank", p.capacity_rank),
                 ("affine", "affine", None), ("MLP", "mlp", None))
-    return Plan(p, cfg("shape", s0), senders, tuple(p.beyond_points), p.beyond_stitch, p.beyond_samples,
+    return Plan(p, tuple(replicates), tuple(p.beyond_points), p.beyond_stitch, p.beyond_samples,
                 p.beyond_eval_subset, tuple(p.capacity_points), families)
 
 
@@ -132,29 +159,34 @@ def model_rows(pl: Plan, models: dict, data: dict) -> list[dict]:
     only = load(colour.KINDS["colour_only"], "test", device=data["shape"].images.device)
     only = only.take(pl.eval_subset, seed=0) if pl.eval_subset else only
     rows = []
-    for name, m in models.items():
-        row = {"model": name, "config": front_name(pl.models[name])}
-        for kind, d in (("Correlated", data["correlated"]), ("Shape", data["shape"]), ("Colour-Only", only)):
-            row[f"accuracy on {kind}"] = metrics.accuracy(predict(m, d), d.labels)
-        rows.append(row)
+    for r, rep in enumerate(pl.replicates):
+        for name in ("Shape receiver", *rep.senders):
+            m = models[model_name(name, r)]
+            row = {"replicate": r + 1, "model": name, "config": front_name(pl.models[model_name(name, r)])}
+            for kind, d in (("Correlated", data["correlated"]), ("Shape", data["shape"]), ("Colour-Only", only)):
+                row[f"accuracy on {kind}"] = metrics.accuracy(predict(m, d), d.labels)
+            rows.append(row)
     return rows
 
 
 def run_colour(pl: Plan, store: ResultStore, device, bank: IRIBank, *, progress: bool = True):
-    """Section 1: (models table rows, stitch rows) of every sender into the Shape receiver."""
+    """Section 1: (models table rows, stitch rows) of every sender into the Shape receiver of its replicate
+    (rows: `seed` = the replicate, the unit the claims resample)."""
     models = {name: get_model(store, cfg, device, progress=progress) for name, cfg in pl.models.items()}
     data = colour_data(pl, device)
-    receiver = models["Shape receiver"]
-    tests = {kind: (data[kind], predict(receiver, data[kind])) for kind in ("correlated", "shape")}
-    extra = per_image_scores(tests)
     stitch_rows = []
-    for name, cfg in pl.senders.items():
-        iris = bank.get(front_name(cfg), cfg, models[name], data["train"], pl.points, "colour")
-        key = {"testbed": "beyond colour", "sender": cfg, "receiver": pl.receiver, "version": BEYOND_VERSION,
-               "tests": [[d.name, len(d)] for d, _ in tests.values()]}
-        stitch_rows += stitch_modes(store, models[name], receiver, pl.points, OBJECTIVES, bank.sources(data["train"]),
-                                    iris, data["correlated"], pl.stitch, key=key, extra_eval=extra,
-                                    bn_mode=IRI_BN_MODE, progress=progress, sender=name, seed=0)
+    for r, rep in enumerate(pl.replicates):
+        receiver = models[model_name("Shape receiver", r)]
+        tests = {kind: (data[kind], predict(receiver, data[kind])) for kind in ("correlated", "shape")}
+        extra = per_image_scores(tests)
+        for name, cfg in rep.senders.items():
+            sender = models[model_name(name, r)]
+            iris = bank.get(front_name(cfg), cfg, sender, data["train"], pl.points, "colour")
+            key = {"testbed": "beyond colour", "sender": cfg, "receiver": rep.receiver, "version": BEYOND_VERSION,
+                   "tests": [[d.name, len(d)] for d, _ in tests.values()]}
+            stitch_rows += stitch_modes(store, sender, receiver, pl.points, OBJECTIVES, bank.sources(data["train"]),
+                                        iris, data["correlated"], pl.stitch, key=key, extra_eval=extra,
+                                        bn_mode=IRI_BN_MODE, progress=progress, sender=name, seed=r)
     return model_rows(pl, models, data), stitch_rows
 
 
@@ -169,7 +201,7 @@ def capacity_configs(profile: Profile, seed: int) -> dict[str, tuple[object, str
 
 def colour_iri_requests(pl: Plan) -> list[tuple[object, int]]:
     """(sender config, point) of every IRI set of section 1 (each inverts the Correlated training images)."""
-    return [(cfg, point) for cfg in pl.senders.values() for point in pl.points]
+    return [(cfg, point) for rep in pl.replicates for cfg in rep.senders.values() for point in pl.points]
 
 
 def capacity_iri_requests(pl: Plan) -> list:
@@ -184,7 +216,7 @@ def capacity_iri_requests(pl: Plan) -> list:
 def stitch_passes(pl: Plan) -> dict[str, tuple[int, int]]:
     """Per section (training passes, stitches): a pass is one `train_stitches` call (run_colour / run_capacity
     through stitch_modes): per pair, one for the real-data stitches of every point and one per point on IRIs."""
-    colour_pairs = len(pl.senders)
+    colour_pairs = len(pl.replicates) * len(SENDERS)
     capacity_pairs = len(pl.profile.iri_front_seeds) * len(PAIRS) * len(pl.families)
     return {"colour": (colour_pairs * (1 + len(pl.points)), colour_pairs * 2 * len(pl.points) * len(OBJECTIVES)),
             "capacity": (capacity_pairs * (1 + len(pl.capacity_points)),
@@ -383,10 +415,10 @@ def plot_capacity(rows: list[dict], families: tuple[str, ...], chance: float = 1
 
 
 def check_structure(rows: dict, pl: Plan) -> None:
-    """Every colour row (senders x data x objectives x points) and capacity row (pairs x front seeds x
+    """Every colour row (replicates x senders x data x objectives x points) and capacity row (pairs x front seeds x
     families x data x objectives x points) exists; raises a clear error otherwise. Stitches that stopped on a
     non-finite loss are rows too (NaN scores, which the claims drop): they are listed, not hidden."""
-    n_colour = len(SENDERS) * 2 * len(OBJECTIVES) * len(pl.points)
+    n_colour = len(pl.replicates) * len(SENDERS) * 2 * len(OBJECTIVES) * len(pl.points)
     n_capacity = (len(PAIRS) * len(pl.profile.iri_front_seeds) * len(pl.families) * 2 * len(CAPACITY_OBJECTIVES)
                   * len(pl.capacity_points))
     for part, n in (("colour", n_colour), ("capacity", n_capacity)):

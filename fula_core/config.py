@@ -110,6 +110,9 @@ class Profile:
     beyond_points: tuple[int, ...] = (1, 3, 5, 7)  # stitch points of the colour testbed
     beyond_samples: int | None = None  # Correlated training images per stitch and IRI set (None = all)
     beyond_eval_subset: int | None = None  # Correlated and Shape test images (the same garments in both)
+    # colour-model replicates: each trains its own receiver and senders (seeds +3 per replicate), so the colour
+    # claims' intervals cover the models' training noise, not only the test images'
+    beyond_replicates: int = 3
     beyond_stitch: StitchConfig = StitchConfig(epochs=30, lstsq_samples=500)  # both data modes, as notebook 05's
     capacity_points: tuple[int, ...] = (1, 4, 7)  # stitch points of the capacity ablation (notebook 05's pairs)
     capacity_rank: int = 8  # rank of the low-rank stitch family
@@ -194,7 +197,7 @@ PROFILES: dict[str, Profile] = {
         iri_autoattack_iter=5, paper2_adv_mode="loss_mix", class_subset_sampling="fixed_total",
         your_models=dict(base_images=128, base_epochs=1, width=4, stitch_images=128, stitch_epochs=1, iri_images=64,
                          iri_steps=3, iri_step_size=8 / 255, test_images=128),
-        beyond_model_overrides={"train_subset": 512}, beyond_points=(2, 8), beyond_samples=128, beyond_eval_subset=128,
+        beyond_model_overrides={"train_subset": 512}, beyond_points=(2, 8), beyond_samples=128, beyond_eval_subset=128, beyond_replicates=1,
         beyond_stitch=StitchConfig(epochs=1, batch_size=32, lstsq_samples=32), capacity_points=(8,), capacity_rank=2,
         notes=(("all", "smoke: structure only; numbers are meaningless"),),
     ),
@@ -256,7 +259,7 @@ PROFILES: dict[str, Profile] = {
         # notebook 08: the colour models see 2.5k images x 2 epochs (probe, 6k x 2: Shape model 74% on Shape test,
         # Colour-Only model 100% on Colour-Only); stitches as notebook 05's (8 epochs of batch 32, lr 1e-2) on 192 images
         beyond_model_overrides={"train_subset": 2500, "epochs": 2}, beyond_points=(4, 7), beyond_samples=192,
-        beyond_eval_subset=400,
+        beyond_eval_subset=400, beyond_replicates=2,
         beyond_stitch=StitchConfig(epochs=8, batch_size=32, lr=1e-2, lstsq_samples=100),
         capacity_points=(7,), capacity_rank=4,
         notes=(("all", "Fashion-MNIST / digits instead of CIFAR-10 / LS-ImageNet-10 (offline CPU data)"),
@@ -286,7 +289,7 @@ PROFILES: dict[str, Profile] = {
                       "quick affords; instead every stitch repeats over 2 stitch seeds (data order, least-squares sample), "
                       "so intervals cover the stitch-training noise but not the front models'; the robust models are paper 1's "
                       "(paper2_adv_mode='loss_mix')"),
-               ("08", "colour models: ResNet18 width 8 on 2.5k images x 2 epochs; stitches at points 5 and 8 on 192 Correlated "
+               ("08", "colour models: ResNet18 width 8 on 2.5k images x 2 epochs, 2 replicates (paper: 3); stitches at points 5 and 8 on 192 Correlated "
                       "images (IRIs: 32 sign steps of 4/255), 8 epochs of batch 32 at lr 1e-2, scored on 400 test images"),
                ("08", "capacity ablation: notebook 05's pairs at point 8 only, low-rank stitch of rank 4"),
                ("05", "cross-bias front: class grey level at a class location (Pixel+Loc) instead of a class colour at a random "

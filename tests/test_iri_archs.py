@@ -13,8 +13,8 @@ from fula_core.store import config_key
 # sha256 of the sorted unit ids (unit ids hash the configs: models, IRI sets, stitch groups, passes) of the
 # smoke and quick profiles: the information testbed's further architectures (paper only) must leave them as they
 # were. A deliberate change of either profile, or of how many stitch passes its notebooks make, updates its digest
-# here (last: notebook 05 / 08's real-data stitches of all points of a pair in one pass)
-UNITS_BEFORE = {"smoke": "d646e0514ce1b24f", "quick": "0d368a0d4fce8058"}
+# here (last: notebook 08 with two colour-model replicates at quick)
+UNITS_BEFORE = {"smoke": "d646e0514ce1b24f", "quick": "1ba3a3c749924b8e"}
 
 
 def _digest(profile: str) -> str:
@@ -76,7 +76,7 @@ def test_paper_zoo_lists_every_model_the_testbed_needs():
     assert len(extra) == 2 * (1 + 9)
     # the units (run_all.sh / Ray) train them before notebook 05 and list its new IRI sets and passes
     c = units.enumerate_units("paper").counts()
-    assert (c["base_model"], c["simclr_front"], c["iri_set"], c["paper2_pass"]) == (49, 9, 550, 866)
+    assert (c["base_model"], c["simclr_front"], c["iri_set"], c["paper2_pass"]) == (59, 9, 582, 906)
 
 
 def test_shrunk_paper_keeps_the_architectures_at_their_end_points():
