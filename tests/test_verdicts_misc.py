@@ -97,3 +97,25 @@ def test_your_models_iri_claim():
     assert v.verdict == "INCONCLUSIVE" and v.n == 3
     with pytest.raises(ValueError, match="real-data and an IRI"):
         yourmodels.claim_iri_agree_less(your_results([80], [40]).iloc[:1], "fula")
+
+
+def test_table1_pgd_does_not_depend_on_the_global_generator(monkeypatch):
+    """Table 1's PGD column draws its random start from its own generator: the same model gives the same
+    adversarial examples whatever the process drew before (the notebook order, a cache hit)."""
+    import torch
+
+    from fula_core import attacks, models
+    from fula_core.train import TrainConfig
+
+    crafted = []
+    real = attacks._ATTACKS["pgd"]
+    monkeypatch.setitem(attacks._ATTACKS, "pgd", lambda *a, **kw: crafted.append(real(*a, **kw)) or crafted[-1])
+    monkeypatch.setitem(attacks._ATTACKS, "autoattack", lambda model, x, y, **kw: x)  # not under test here
+    P = dataclasses.replace(get_profile("smoke"), robust_eval_subset=16)
+    cfg = TrainConfig(dataset="synthetic", width=4, pgd_eps=0.1, pgd_step=0.05, pgd_steps=2)
+    torch.manual_seed(0)
+    model = models.build("resnet18", 4, 3, width=4).eval()
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        zoo.evaluate_base_model(model, cfg, P, "cpu")
+    assert len(crafted) == 2 and torch.equal(crafted[0], crafted[1])
