@@ -57,6 +57,11 @@ class Replicate:
     receiver: TrainConfig
     senders: dict  # display name -> TrainConfig
 
+    @property
+    def models(self) -> dict:
+        """Its models by display name, the receiver first."""
+        return {"Shape receiver": self.receiver, **self.senders}
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -82,8 +87,7 @@ class Plan:
     @property
     def models(self) -> dict:
         """Every colour model: display name (model_name) -> config."""
-        return {model_name(name, r): cfg for r, rep in enumerate(self.replicates)
-                for name, cfg in {"Shape receiver": rep.receiver, **rep.senders}.items()}
+        return {model_name(name, r): cfg for r, rep in enumerate(self.replicates) for name, cfg in rep.models.items()}
 
 
 def model_name(name: str, replicate: int) -> str:
@@ -160,9 +164,9 @@ def model_rows(pl: Plan, models: dict, data: dict) -> list[dict]:
     only = only.take(pl.eval_subset, seed=0) if pl.eval_subset else only
     rows = []
     for r, rep in enumerate(pl.replicates):
-        for name in ("Shape receiver", *rep.senders):
+        for name, cfg in rep.models.items():
             m = models[model_name(name, r)]
-            row = {"replicate": r + 1, "model": name, "config": front_name(pl.models[model_name(name, r)])}
+            row = {"replicate": r + 1, "model": name, "config": front_name(cfg)}
             for kind, d in (("Correlated", data["correlated"]), ("Shape", data["shape"]), ("Colour-Only", only)):
                 row[f"accuracy on {kind}"] = metrics.accuracy(predict(m, d), d.labels)
             rows.append(row)
